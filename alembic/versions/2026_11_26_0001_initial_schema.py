@@ -1,0 +1,157 @@
+"""Tenants, API keys and executions, with Row Level Security.
+
+The service connects with the URL it is given and then `SET ROLE n8n_gate_app`: a role that is
+neither superuser nor BYPASSRLS, so the policies below hold even when the login user is a
+superuser. `executions` is the tenant table: RLS is enabled and forced, and every row is visible
+only when `app.tenant_id` (set per transaction by the service) names its tenant. `tenants` and
+`api_keys` are administered by the login user (CLI); the service role has no grants on them and
+authenticates through one SECURITY DEFINER function that returns a key's hash by its public prefix.
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-11-26
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0001"
+down_revision: str | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# Roles are cluster-wide: several databases (or concurrent test runs) may create it at once.
+CREATE_APP_ROLE = """
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'n8n_gate_app') THEN
+        BEGIN
+            CREATE ROLE n8n_gate_app NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;
+        END;
+    END IF;
+END
+$$;
+"""
+
+GRANT_APP_ROLE_TO_MIGRATOR = """
+DO $$
+BEGIN
+    IF NOT pg_has_role(current_user, 'n8n_gate_app', 'MEMBER') THEN
+        EXECUTE format('GRANT n8n_gate_app TO %I', current_user);
+    END IF;
+END
+$$;
+"""
+
+CREATE_TENANTS = """
+CREATE TABLE tenants (
+    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    name        text NOT NULL UNIQUE CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'),
+    created_at  timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+CREATE_API_KEYS = """
+CREATE TABLE api_keys (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id   uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    prefix      text NOT NULL UNIQUE,
+    key_hash    bytea NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    revoked_at  timestamptz
+)
+"""
+
+CREATE_EXECUTIONS = """
+CREATE TABLE executions (
+    id                      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id               uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    idempotency_key         text NOT NULL CHECK (length(idempotency_key) BETWEEN 1 AND 255),
+    fingerprint             bytea NOT NULL,
+    method                  text NOT NULL,
+    mode                    text NOT NULL CHECK (mode IN ('webhook', 'webhook-test')),
+    workflow_path           text NOT NULL,
+    status                  text NOT NULL
+                            CHECK (status IN ('pending', 'running', 'completed', 'failed')),
+    attempts                integer NOT NULL DEFAULT 0,
+    lease_expires_at        timestamptz,
+    response_status         integer,
+    response_content_type   text,
+    response_headers        jsonb,
+    response_body           bytea,
+    last_error_type         text,
+    last_error_detail       text,
+    created_at              timestamptz NOT NULL DEFAULT now(),
+    updated_at              timestamptz NOT NULL DEFAULT now(),
+    started_at              timestamptz,
+    finished_at             timestamptz,
+    CONSTRAINT executions_tenant_key UNIQUE (tenant_id, idempotency_key)
+)
+"""
+
+# The unique constraint above serves the claim and the status lookup; these serve the list.
+CREATE_LIST_INDEXES = [
+    "CREATE INDEX executions_recent ON executions (tenant_id, id DESC)",
+    "CREATE INDEX executions_status_recent ON executions (tenant_id, status, id DESC)",
+    "CREATE INDEX executions_workflow_recent ON executions (tenant_id, workflow_path, id DESC)",
+]
+
+ENABLE_RLS = [
+    "ALTER TABLE executions ENABLE ROW LEVEL SECURITY",
+    "ALTER TABLE executions FORCE ROW LEVEL SECURITY",
+    # Enabled without policies: only the owner (the migrating/admin user) reads these tables.
+    "ALTER TABLE tenants ENABLE ROW LEVEL SECURITY",
+    "ALTER TABLE api_keys ENABLE ROW LEVEL SECURITY",
+]
+
+# NULLIF: once a transaction-local setting ends, the setting reads as '' rather than NULL.
+CREATE_TENANT_POLICY = """
+CREATE POLICY executions_tenant_isolation ON executions
+    USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::uuid)
+    WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::uuid)
+"""
+
+CREATE_KEY_LOOKUP = """
+CREATE FUNCTION api_key_lookup(key_prefix text)
+RETURNS TABLE (tenant_id uuid, tenant_name text, key_hash bytea)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public
+AS $$
+    SELECT k.tenant_id, t.name, k.key_hash
+    FROM public.api_keys k JOIN public.tenants t ON t.id = k.tenant_id
+    WHERE k.prefix = key_prefix AND k.revoked_at IS NULL
+$$
+"""
+
+GRANTS = [
+    "REVOKE ALL ON FUNCTION api_key_lookup(text) FROM PUBLIC",
+    "GRANT EXECUTE ON FUNCTION api_key_lookup(text) TO n8n_gate_app",
+    "GRANT USAGE ON SCHEMA public TO n8n_gate_app",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON executions TO n8n_gate_app",
+    # /readyz and the startup check compare the schema revision with the build.
+    "GRANT SELECT ON alembic_version TO n8n_gate_app",
+]
+
+
+def upgrade() -> None:
+    op.execute("SET LOCAL lock_timeout = '5s'")
+    op.execute(CREATE_APP_ROLE)
+    op.execute(GRANT_APP_ROLE_TO_MIGRATOR)
+    op.execute(CREATE_TENANTS)
+    op.execute(CREATE_API_KEYS)
+    op.execute(CREATE_EXECUTIONS)
+    for statement in [*CREATE_LIST_INDEXES, *ENABLE_RLS, CREATE_TENANT_POLICY]:
+        op.execute(statement)
+    op.execute(CREATE_KEY_LOOKUP)
+    for statement in GRANTS:
+        op.execute(statement)
+
+
+def downgrade() -> None:
+    op.execute("DROP FUNCTION IF EXISTS api_key_lookup(text)")
+    op.execute("DROP TABLE IF EXISTS executions")
+    op.execute("DROP TABLE IF EXISTS api_keys")
+    op.execute("DROP TABLE IF EXISTS tenants")
+    # The role is cluster-wide and may serve other databases: it is left in place.

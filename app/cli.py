@@ -1,0 +1,164 @@
+"""`n8n-gate`: serve, migrate, and manage API keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import asyncpg
+
+from app import migrations
+from app.config import ConfigError, Settings, load_settings
+from app.embedded import start_embedded
+from app.errors import GateError
+from app.tenants import repo as tenants_repo
+from app.tenants.service import create_key
+
+DEFAULT_TENANT = "default"
+T = TypeVar("T")
+
+
+class CliError(Exception):
+    """One line for the operator; no traceback."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        result: int = args.handler(args, settings)
+        return result
+    except (ConfigError, CliError) as exc:
+        print(f"n8n-gate: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="n8n-gate", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(handler=_serve)
+
+    migrate = commands.add_parser("migrate", help="bring the database schema up to date")
+    migrate.set_defaults(handler=_migrate)
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    create = keys.add_parser("create", help="create an API key (printed once)")
+    create.add_argument("--tenant", required=True)
+    create.set_defaults(handler=_keys_create)
+    keys.add_parser("list", help="list API keys (prefixes only)").set_defaults(handler=_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke an API key by its prefix")
+    revoke.add_argument("prefix")
+    revoke.set_defaults(handler=_keys_revoke)
+    return parser
+
+
+def database_url(settings: Settings) -> str:
+    """DATABASE_URL, or the embedded server in GATE_DATA_DIR (started and migrated)."""
+    if settings.database_url is not None:
+        return str(settings.database_url)
+    url = start_embedded(settings.data_dir)
+    migrations.upgrade(url)
+    return url
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    embedded = settings.database_url is None
+    url = database_url(settings)
+    if not embedded:
+        _require_current_schema(url)
+    _run(_bootstrap_default_key(url))
+    os.environ["DATABASE_URL"] = url  # worker processes read their settings afresh
+    uvicorn.run(
+        "app.main:create_app", factory=True, host=args.host, port=args.port,
+        workers=args.workers, proxy_headers=True, server_header=False,
+    )
+    return 0
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    url = database_url(settings)
+    migrations.upgrade(url)
+    print(f"schema is at {migrations.head_revision()}")
+    return 0
+
+
+def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    new_key = _run(_with_admin(database_url(settings), lambda conn: create_key(conn, tenant_name=args.tenant)))
+    print(f"tenant {new_key.tenant.name}: {new_key.secret}")
+    print("Store it now: it is not shown again.", file=sys.stderr)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    keys = _run(_with_admin(database_url(settings), tenants_repo.list_keys))
+    print(f"{'prefix':<14}{'tenant':<24}{'created':<27}revoked")
+    for key in keys:
+        revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "-"
+        print(f"{key.prefix:<14}{key.tenant:<24}{key.created_at.isoformat(timespec='seconds'):<27}{revoked}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    prefix = args.prefix.removeprefix("n8ng_").split("_")[0]
+    revoked = _run(_with_admin(database_url(settings), lambda conn: tenants_repo.revoke_key(conn, prefix=prefix)))
+    if not revoked:
+        raise CliError(f"no live API key with prefix {prefix!r} ('n8n-gate keys list' shows them)")
+    print(f"revoked {prefix}")
+    return 0
+
+
+def _require_current_schema(url: str) -> None:
+    state = _run(migrations.read_schema_state(url))
+    if not state.is_current:
+        raise CliError(
+            f"the database schema is at {state.current or 'nothing'} but this build needs "
+            f"{state.head}; run 'n8n-gate migrate' first"
+        )
+
+
+async def _bootstrap_default_key(url: str) -> None:
+    async def create_if_none(conn: asyncpg.Connection) -> None:
+        if await tenants_repo.count_keys(conn) == 0:
+            new_key = await create_key(conn, tenant_name=DEFAULT_TENANT)
+            print(
+                f"\nNo API keys yet: created tenant '{DEFAULT_TENANT}' with this key (shown once):\n"
+                f"    {new_key.secret}\n",
+                flush=True,
+            )
+
+    await _with_admin(url, create_if_none)
+
+
+async def _with_admin(url: str, action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    try:
+        conn = await asyncpg.connect(url)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise CliError(f"cannot connect to the database: {exc}") from None
+    try:
+        return await action(conn)
+    except asyncpg.UndefinedTableError:
+        raise CliError("the database has no schema yet; run 'n8n-gate migrate' first") from None
+    except GateError as exc:
+        raise CliError(exc.detail) from None
+    finally:
+        await conn.close()
+
+
+def _run(awaitable: Awaitable[T]) -> T:
+    async def wrapper() -> T:
+        return await awaitable
+
+    return asyncio.run(wrapper())

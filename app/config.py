@@ -1,0 +1,76 @@
+"""Settings, read once from the environment (and `.env`); environment variables win."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AnyHttpUrl, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GATE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # The two settings every deployment names get their conventional, unprefixed names.
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    n8n_base_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl("http://localhost:5678"), validation_alias="N8N_BASE_URL"
+    )
+
+    data_dir: Path = Path(".n8n-gate")
+    db_pool_min_size: int = Field(default=2, ge=0, le=1000)
+    db_pool_max_size: int = Field(default=20, ge=1, le=1000)
+    db_command_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    n8n_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    n8n_timeout_seconds: float = Field(default=300.0, gt=0)
+    n8n_max_connections: int = Field(default=100, ge=1)
+
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    lease_margin_seconds: float = Field(default=30.0, ge=0)
+    retry_after_seconds: int = Field(default=1, ge=1)
+    auth_cache_seconds: float = Field(default=5.0, ge=0)
+    list_max_limit: int = Field(default=200, ge=1, le=10_000)
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _postgres_url(cls, value: object) -> object:
+        if value in ("", None):
+            return None  # unset: `n8n-gate serve` starts the embedded server
+        if not isinstance(value, str) or not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL, e.g. postgresql://user:pass@host:5432/db")
+        return value
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claim holds a key before a retry may take it over."""
+        return self.n8n_timeout_seconds + self.n8n_connect_timeout_seconds + self.lease_margin_seconds
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message names it in one line."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    name = str(first["loc"][0]) if first["loc"] else "settings"
+    env_name = name.upper() if name.isupper() or name in _UNPREFIXED else f"GATE_{name.upper()}"
+    return f"invalid setting {env_name}: {first['msg']} (got {first.get('input')!r})"
+
+
+_UNPREFIXED = {"DATABASE_URL", "N8N_BASE_URL"}
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return load_settings()

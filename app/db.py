@@ -1,0 +1,88 @@
+"""The connection pool and tenant-scoped transactions.
+
+Every connection the service lends runs as `n8n_gate_app` (see the first migration), a role that
+Row Level Security applies to; each transaction names its tenant with `app.tenant_id`, so a query
+that forgot its tenant filter still sees only that tenant's rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from uuid import UUID
+
+import asyncpg
+
+from app.config import Settings
+from app.errors import DatabaseUnavailable
+
+APP_ROLE = "n8n_gate_app"
+SET_APP_ROLE = "SET ROLE n8n_gate_app"
+SET_TENANT = "SELECT set_config('app.tenant_id', $1, true)"
+
+Connection = asyncpg.Connection
+Pool = asyncpg.Pool
+
+# Errors that mean "the database cannot be reached right now", as opposed to a bug in a query.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    TimeoutError,
+)
+
+
+async def _init_connection(conn: Connection) -> None:
+    await conn.execute(SET_APP_ROLE)
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def _keep_session(conn: Connection) -> None:
+    """Replaces asyncpg's per-release reset (RESET ALL, UNLISTEN *, ...): the service leaves no
+    session state behind (tenant settings are transaction-local), the reset costs a round trip on
+    every release, and RESET ALL would drop the SET ROLE that makes Row Level Security apply."""
+
+
+async def create_pool(dsn: str, settings: Settings) -> Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min(settings.db_pool_min_size, settings.db_pool_max_size),
+        max_size=settings.db_pool_max_size,
+        command_timeout=settings.db_command_timeout_seconds,
+        init=_init_connection,
+        reset=_keep_session,
+        server_settings={"application_name": "n8n-gate"},
+    )
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def tenant_transaction(pool: Pool, tenant_id: UUID) -> AsyncIterator[Connection]:
+    """A transaction in which Row Level Security shows only `tenant_id`'s rows."""
+    async with _unavailable_as_503(), pool.acquire() as conn, conn.transaction():
+        await conn.execute(SET_TENANT, str(tenant_id))
+        yield conn
+
+
+@asynccontextmanager
+async def connection(pool: Pool) -> AsyncIterator[Connection]:
+    """A connection for statements that need no tenant (auth lookup, health)."""
+    async with _unavailable_as_503(), pool.acquire() as conn:
+        yield conn
+
+
+@asynccontextmanager
+async def _unavailable_as_503() -> AsyncIterator[None]:
+    try:
+        yield
+    except UNAVAILABLE_ERRORS as exc:
+        raise DatabaseUnavailable(
+            "The gateway cannot reach its database right now; nothing was forwarded. "
+            "Retry with the same Idempotency-Key.",
+            headers={"Retry-After": "5"},
+        ) from exc

@@ -1,0 +1,38 @@
+"""Request dependencies: the lifespan's typed state, and the caller's tenant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from app.config import Settings
+from app.db import Pool
+from app.executions.service import ExecutionService
+from app.tenants.service import Authenticator, Tenant
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    pool: Pool
+    authenticator: Authenticator
+    executions: ExecutionService
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_tenant(
+    services: ServicesDep, authorization: Annotated[str | None, Header()] = None
+) -> Tenant:
+    return await services.authenticator.authenticate(authorization)
+
+
+CurrentTenant = Annotated[Tenant, Depends(get_tenant)]

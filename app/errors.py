@@ -1,0 +1,218 @@
+"""Problem types (RFC 9457). Services raise these; only `install_handlers` turns them into HTTP.
+
+    GateError                       every error a client may see
+    ├── MissingIdempotencyKey       400
+    ├── InvalidIdempotencyKey       400
+    ├── InvalidWebhookPath          400
+    ├── InvalidRequest              400
+    ├── Unauthorized                401
+    ├── NotFound                    404
+    ├── ExecutionNotFound           404
+    ├── MethodNotAllowed            405
+    ├── ExecutionInFlight           409
+    ├── PayloadTooLarge             413
+    ├── IdempotencyKeyReused        422
+    ├── InternalError               500
+    ├── N8nUnreachable              502
+    ├── DatabaseUnavailable         503
+    └── N8nTimeout                  504
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "urn:n8n-gate:problem:"
+
+logger = logging.getLogger(__name__)
+
+
+class GateError(Exception):
+    status_code: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+    @property
+    def type_uri(self) -> str:
+        return PROBLEM_TYPE_BASE + self.slug
+
+    def to_problem(self, *, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": self.type_uri,
+            "title": self.title,
+            "status": self.status_code,
+            "detail": self.detail,
+        }
+        if instance is not None:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+
+class MissingIdempotencyKey(GateError):
+    status_code = 400
+    slug = "idempotency-key-missing"
+    title = "Idempotency-Key header required"
+
+
+class InvalidIdempotencyKey(GateError):
+    status_code = 400
+    slug = "idempotency-key-invalid"
+    title = "Malformed Idempotency-Key header"
+
+
+class InvalidWebhookPath(GateError):
+    status_code = 400
+    slug = "webhook-path-invalid"
+    title = "Invalid webhook path"
+
+
+class InvalidRequest(GateError):
+    status_code = 400
+    slug = "invalid-request"
+    title = "Invalid request"
+
+
+class Unauthorized(GateError):
+    status_code = 401
+    slug = "unauthorized"
+    title = "Missing or invalid API key"
+
+
+class NotFound(GateError):
+    status_code = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class ExecutionNotFound(GateError):
+    status_code = 404
+    slug = "execution-not-found"
+    title = "No execution for this idempotency key"
+
+
+class MethodNotAllowed(GateError):
+    status_code = 405
+    slug = "method-not-allowed"
+    title = "Method not allowed"
+
+
+class ExecutionInFlight(GateError):
+    status_code = 409
+    slug = "execution-in-flight"
+    title = "A request with this idempotency key is still running"
+
+
+class PayloadTooLarge(GateError):
+    status_code = 413
+    slug = "payload-too-large"
+    title = "Request body too large"
+
+
+class IdempotencyKeyReused(GateError):
+    status_code = 422
+    slug = "idempotency-key-reused"
+    title = "Idempotency key reused with a different request"
+
+
+class InternalError(GateError):
+    status_code = 500
+    slug = "internal-error"
+    title = "Internal error"
+
+
+class N8nUnreachable(GateError):
+    status_code = 502
+    slug = "n8n-unreachable"
+    title = "n8n could not be reached"
+
+
+class DatabaseUnavailable(GateError):
+    status_code = 503
+    slug = "database-unavailable"
+    title = "Database unavailable"
+
+
+class N8nTimeout(GateError):
+    status_code = 504
+    slug = "n8n-timeout"
+    title = "n8n did not answer in time"
+
+
+def problem_response(error: GateError, *, instance: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        error.to_problem(instance=instance),
+        status_code=error.status_code,
+        headers=error.headers,
+        media_type=PROBLEM_CONTENT_TYPE,
+    )
+
+
+def install_handlers(app: FastAPI) -> None:
+    async def on_gate_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, GateError)
+        return problem_response(exc, instance=request.url.path)
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return problem_response(_from_http_exception(exc), instance=request.url.path)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        error = InvalidRequest(_describe_validation(exc.errors()), extra={"errors": _errors(exc)})
+        return problem_response(error, instance=request.url.path)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        error = InternalError("The gateway hit an unexpected error; it has been logged.")
+        return problem_response(error, instance=request.url.path)
+
+    app.add_exception_handler(GateError, on_gate_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def _from_http_exception(exc: StarletteHTTPException) -> GateError:
+    if exc.status_code == 404:
+        return NotFound("No such endpoint. Triggers go to /webhook/<path>; see the README.")
+    if exc.status_code == 405:
+        return MethodNotAllowed(
+            "This endpoint does not accept that method.", headers=exc.headers or {}
+        )
+    error = InternalError(str(exc.detail), headers=exc.headers or {})
+    error.status_code = exc.status_code  # type: ignore[misc]
+    return error
+
+
+def _errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    return [
+        {"location": ".".join(str(part) for part in err["loc"]), "message": err["msg"]}
+        for err in exc.errors()
+    ]
+
+
+def _describe_validation(errors: Sequence[Any]) -> str:
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {first['msg']}. Fix the request and send it again."

@@ -1,0 +1,118 @@
+"""HTTP edge for triggers (/webhook, /webhook-test) and for execution status (/v1/executions)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+
+from app.deps import CurrentTenant, ServicesDep
+from app.errors import GateError, InvalidRequest, PayloadTooLarge
+from app.executions.schemas import (
+    Execution,
+    ExecutionPage,
+    decode_cursor,
+    encode_cursor,
+    execution_of,
+    summary_of,
+)
+from app.executions.service import GatewayAnswer
+from app.executions.trigger import (
+    Mode,
+    TriggerRequest,
+    location_for,
+    parse_idempotency_key,
+    parse_webhook_path,
+)
+
+TRIGGER_METHODS = ["POST", "PUT", "PATCH", "DELETE"]
+
+router = APIRouter()
+
+
+@router.api_route("/webhook/{path:path}", methods=TRIGGER_METHODS, tags=["triggers"])
+async def trigger_production(
+    request: Request, services: ServicesDep, tenant: CurrentTenant
+) -> Response:
+    """Forward to n8n's production webhook once per Idempotency-Key."""
+    return await _trigger(request, services, tenant, mode="webhook")
+
+
+@router.api_route("/webhook-test/{path:path}", methods=TRIGGER_METHODS, tags=["triggers"])
+async def trigger_test(request: Request, services: ServicesDep, tenant: CurrentTenant) -> Response:
+    """Forward to n8n's test webhook once per Idempotency-Key."""
+    return await _trigger(request, services, tenant, mode="webhook-test")
+
+
+@router.get("/v1/executions/{key:path}", response_model=Execution, tags=["executions"])
+async def get_execution(key: str, services: ServicesDep, tenant: CurrentTenant) -> Execution:
+    row = await services.executions.get(tenant=tenant, key=key)
+    return execution_of(row)
+
+
+@router.get("/v1/executions", response_model=ExecutionPage, tags=["executions"])
+async def list_executions(
+    services: ServicesDep,
+    tenant: CurrentTenant,
+    status: Literal["pending", "running", "completed", "failed"] | None = None,
+    workflow: Annotated[str | None, Query(max_length=2048)] = None,
+    limit: Annotated[int, Query(ge=1)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> ExecutionPage:
+    if limit > services.settings.list_max_limit:
+        raise InvalidRequest(f"limit may be at most {services.settings.list_max_limit}.")
+    page = await services.executions.list_recent(
+        tenant=tenant, status=status, workflow=workflow,
+        before_id=decode_cursor(cursor) if cursor else None, limit=limit,
+    )
+    next_cursor = encode_cursor(page.next_before_id) if page.next_before_id else None
+    return ExecutionPage(items=[summary_of(row) for row in page.items], next_cursor=next_cursor)
+
+
+async def _trigger(request: Request, services: ServicesDep, tenant: CurrentTenant, *, mode: Mode) -> Response:
+    raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    workflow_path, forwarded_path = parse_webhook_path(
+        raw_path.decode("latin-1")[len(mode) + 2 :]
+    )
+    key = parse_idempotency_key(request.headers.getlist("idempotency-key"))
+    trigger = TriggerRequest(
+        key=key, method=request.method, mode=mode, workflow_path=workflow_path,
+        raw_path=forwarded_path, query=request.url.query, headers=request.headers.items(),
+        body=await _read_body(request, limit=services.settings.max_body_bytes),
+    )
+    client_host = request.client.host if request.client else None
+    try:
+        answer = await services.executions.trigger(tenant=tenant, request=trigger, client_host=client_host)
+    except GateError as exc:
+        exc.headers.setdefault("Location", location_for(key))
+        raise
+    return _response(answer, key=key)
+
+
+async def _read_body(request: Request, *, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The body is larger than {limit} bytes (GATE_MAX_BODY_BYTES); nothing was forwarded."
+    )
+
+
+def _response(answer: GatewayAnswer, *, key: str) -> Response:
+    response = Response(content=answer.body, status_code=answer.status)
+    for name, value in answer.headers:
+        response.headers.append(name, value)
+    response.headers["Location"] = location_for(key)
+    if answer.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response

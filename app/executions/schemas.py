@@ -1,0 +1,129 @@
+"""What the status and list endpoints show."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from app.errors import InvalidRequest
+from app.executions.repo import ExecutionRow
+
+CURSOR_VERSION = "v1"
+
+
+
+class RecordedResponse(BaseModel):
+    status_code: int = Field(description="The status n8n answered with; replays return it.")
+    content_type: str | None
+    body: str
+    body_encoding: Literal["utf-8", "base64"] = Field(
+        description="utf-8 for text bodies, base64 for anything that is not valid UTF-8 text."
+    )
+    body_bytes: int
+
+
+class ExecutionError(BaseModel):
+    type: str = Field(description="n8n-unreachable, n8n-timeout, n8n-error or n8n-not-registered")
+    detail: str | None
+
+
+class ExecutionSummary(BaseModel):
+    key: str
+    workflow: str
+    mode: Literal["webhook", "webhook-test"]
+    method: str
+    status: Literal["pending", "running", "completed", "failed"]
+    attempts: int
+    response_status: int | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: float | None = Field(description="From the last attempt's start to its end.")
+
+
+class Execution(ExecutionSummary):
+    lease_expires_at: datetime | None
+    response: RecordedResponse | None
+    last_error: ExecutionError | None
+
+
+class ExecutionPage(BaseModel):
+    items: list[ExecutionSummary]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page.")
+
+
+def summary_of(row: ExecutionRow) -> ExecutionSummary:
+    return ExecutionSummary(**_summary_fields(row))
+
+
+def execution_of(row: ExecutionRow) -> Execution:
+    return Execution(
+        **_summary_fields(row),
+        lease_expires_at=row.lease_expires_at,
+        response=_recorded_response(row),
+        last_error=ExecutionError(type=row.last_error_type, detail=row.last_error_detail)
+        if row.last_error_type
+        else None,
+    )
+
+
+def encode_cursor(before_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{CURSOR_VERSION}:{before_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, _, value = raw.partition(":")
+        if version != CURSOR_VERSION:
+            raise ValueError(version)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidRequest(
+            "The cursor is not one this service issued. Pass next_cursor from a previous page "
+            "unchanged, or leave it out for the newest executions."
+        ) from None
+
+
+def _summary_fields(row: ExecutionRow) -> dict[str, object]:
+    duration = (
+        (row.finished_at - row.started_at).total_seconds() * 1000
+        if row.finished_at and row.started_at
+        else None
+    )
+    return {
+        "key": row.idempotency_key,
+        "workflow": row.workflow_path,
+        "mode": row.mode,
+        "method": row.method,
+        "status": row.status,
+        "attempts": row.attempts,
+        "response_status": row.response_status,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "duration_ms": duration,
+    }
+
+
+def _recorded_response(row: ExecutionRow) -> RecordedResponse | None:
+    if row.response_status is None:
+        return None
+    body = row.response_body or b""
+    try:
+        text, encoding = body.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(body).decode(), "base64"
+    return RecordedResponse(
+        status_code=row.response_status,
+        content_type=row.response_content_type,
+        body=text,
+        body_encoding=encoding,  # type: ignore[arg-type]
+        body_bytes=len(body),
+    )

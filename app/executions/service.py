@@ -1,0 +1,202 @@
+"""The execution state machine: the one place that decides what a trigger does.
+
+    (new key) ──claim──▶ running ──n8n answered, final──▶ completed ──(retries replay)
+                            │
+                            └──unreachable / timeout / 5xx / not registered──▶ failed
+    failed, or running with its lease run out ──retake (attempts + 1)──▶ running
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+from app import db
+from app.config import Settings
+from app.errors import (
+    ExecutionInFlight,
+    ExecutionNotFound,
+    GateError,
+    IdempotencyKeyReused,
+    N8nTimeout,
+)
+from app.executions import repo
+from app.executions.trigger import TriggerRequest, location_for
+from app.forwarding.client import N8nClient, N8nResponse
+from app.tenants.service import Tenant
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["pending", "running", "completed", "failed"]
+MAX_DECISION_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class GatewayAnswer:
+    """What the client gets for a trigger: n8n's answer, fresh or replayed."""
+
+    status: int
+    content_type: str | None
+    headers: list[tuple[str, str]]
+    body: bytes
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[repo.ExecutionRow]
+    next_before_id: int | None
+
+
+@dataclass
+class ExecutionService:
+    pool: db.Pool
+    n8n: N8nClient
+    settings: Settings
+    _in_flight: set[asyncio.Task[GatewayAnswer]] = field(default_factory=set)
+
+    async def trigger(
+        self, *, tenant: Tenant, request: TriggerRequest, client_host: str | None
+    ) -> GatewayAnswer:
+        row = await self._claim_or_decide(tenant=tenant, request=request)
+        if not row.claimed:
+            return replay_answer(row)
+        # Once claimed, the forward and its record must finish even if the client goes away.
+        task = asyncio.create_task(self._run(tenant=tenant, request=request, row=row, client_host=client_host))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return await asyncio.shield(task)
+
+    async def drain(self, *, timeout: float) -> None:
+        """Wait for claimed executions to be forwarded and recorded (shutdown)."""
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=timeout)
+
+    async def get(self, *, tenant: Tenant, key: str) -> repo.ExecutionRow:
+        async with db.tenant_transaction(self.pool, tenant.id) as conn:
+            row = await repo.find_by_key(conn, tenant_id=tenant.id, key=key)
+        if row is None:
+            raise ExecutionNotFound(f"No execution with Idempotency-Key {key!r} for this API key.")
+        return row
+
+    async def list_recent(
+        self, *, tenant: Tenant, status: Status | None, workflow: str | None,
+        before_id: int | None, limit: int,
+    ) -> Page:
+        async with db.tenant_transaction(self.pool, tenant.id) as conn:
+            rows = await repo.list_recent(
+                conn, tenant_id=tenant.id, status=status, workflow=workflow,
+                before_id=before_id, limit=limit + 1,
+            )
+        more = len(rows) > limit
+        items = rows[:limit]
+        return Page(items=items, next_before_id=items[-1].id if more else None)
+
+    async def _claim_or_decide(self, *, tenant: Tenant, request: TriggerRequest) -> repo.ExecutionRow:
+        """Claim the key (a claimed row), or return the completed row to replay, or raise."""
+        for _ in range(MAX_DECISION_ROUNDS):
+            async with db.tenant_transaction(self.pool, tenant.id) as conn:
+                row = await repo.claim(
+                    conn, tenant_id=tenant.id, key=request.key, fingerprint=request.fingerprint,
+                    method=request.method, mode=request.mode, workflow_path=request.workflow_path,
+                    lease_seconds=self.settings.lease_seconds,
+                ) or await repo.find_by_key(conn, tenant_id=tenant.id, key=request.key)
+                if row is None:  # deleted between the two statements; claim again
+                    continue
+                if row.claimed or self._should_replay(row, request):
+                    return row
+                retaken = await repo.retake(
+                    conn, tenant_id=tenant.id, key=request.key,
+                    lease_seconds=self.settings.lease_seconds,
+                )
+            if retaken is not None:
+                return retaken
+        raise ExecutionInFlight(
+            "Another request with this Idempotency-Key took it over just now. Retry shortly.",
+            headers=self._retry_headers(request.key),
+        )
+
+    def _should_replay(self, row: repo.ExecutionRow, request: TriggerRequest) -> bool:
+        """True to replay a completed execution, False to run a failed or abandoned one again;
+        raises when the key cannot serve this request now."""
+        if row.fingerprint != request.fingerprint:
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was first used with a different method, path, query or "
+                "body. Use a new key for a different request.",
+            )
+        if row.status == "completed":
+            return True
+        if row.status == "failed" or (row.status == "running" and row.lease_expired):
+            return False
+        raise ExecutionInFlight(
+            "The first request with this Idempotency-Key is still running. Retry after a "
+            "moment to get its result, or ask the Location for its status.",
+            headers=self._retry_headers(request.key),
+        )
+
+    def _retry_headers(self, key: str) -> dict[str, str]:
+        return {"Location": location_for(key), "Retry-After": str(self.settings.retry_after_seconds)}
+
+    async def _run(
+        self, *, tenant: Tenant, request: TriggerRequest, row: repo.ExecutionRow,
+        client_host: str | None,
+    ) -> GatewayAnswer:
+        try:
+            response = await self.n8n.forward(request, client_host=client_host)
+        except GateError as exc:
+            await self._record(tenant, row, _failure(exc))
+            raise
+        outcome = _outcome(response)
+        await self._record(tenant, row, outcome)
+        return GatewayAnswer(
+            status=response.status, content_type=response.content_type,
+            headers=response.headers, body=response.body, replayed=False,
+        )
+
+    async def _record(self, tenant: Tenant, row: repo.ExecutionRow, outcome: repo.Outcome) -> None:
+        try:
+            async with db.tenant_transaction(self.pool, tenant.id) as conn:
+                recorded = await repo.record_outcome(
+                    conn, tenant_id=tenant.id, execution_id=row.id, attempt=row.attempts,
+                    outcome=outcome,
+                )
+        except GateError:
+            # n8n has answered and the client gets that answer; the row stays running until
+            # its lease runs out, after which a retry runs the workflow again (at-least-once).
+            logger.exception("could not record the outcome of execution %s", row.id)
+            return
+        if not recorded:
+            logger.warning("execution %s attempt %s was taken over; outcome not recorded",
+                           row.id, row.attempts)
+
+
+def replay_answer(row: repo.ExecutionRow) -> GatewayAnswer:
+    assert row.response_status is not None
+    return GatewayAnswer(
+        status=row.response_status,
+        content_type=row.response_content_type,
+        headers=[(name, value) for name, value in row.response_headers or []],
+        body=row.response_body or b"",
+        replayed=True,
+    )
+
+
+def _outcome(response: N8nResponse) -> repo.Outcome:
+    failed = response.is_retryable
+    return repo.Outcome(
+        status="failed" if failed else "completed",
+        response_status=response.status,
+        response_content_type=response.content_type,
+        response_headers=response.headers,
+        response_body=response.body,
+        error_type=("n8n-not-registered" if response.is_not_registered else "n8n-error")
+        if failed else None,
+        error_detail=f"n8n answered {response.status}" if failed else None,
+    )
+
+
+def _failure(exc: GateError) -> repo.Outcome:
+    kind = exc.slug if not isinstance(exc, N8nTimeout) else "n8n-timeout"
+    return repo.Outcome(status="failed", error_type=kind, error_detail=exc.detail)

@@ -1,0 +1,36 @@
+"""Which headers cross the gateway (RFC 9110 §7.6.1: hop-by-hop headers never do)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Set by the gateway itself, or meaningful only between the client and the gateway.
+NOT_FORWARDED = HOP_BY_HOP | {"host", "authorization", "content-length", "accept-encoding"}
+# Regenerated on every answer the gateway sends, so never recorded or replayed.
+NOT_REPLAYED = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
+
+
+def end_to_end(headers: Iterable[tuple[str, str]], *, drop: frozenset[str]) -> list[tuple[str, str]]:
+    """Headers minus `drop` and minus any header the Connection header names."""
+    pairs = list(headers)
+    named = {
+        token.strip().lower()
+        for name, value in pairs
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    return [(name, value) for name, value in pairs if (lowered := name.lower()) not in drop and lowered not in named]

@@ -1,0 +1,76 @@
+"""Builds the app. The lifespan owns every long-lived resource: the pool and the n8n client."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+from fastapi import FastAPI
+
+from app import db
+from app.config import Settings, get_settings
+from app.deps import Services
+from app.errors import install_handlers
+from app.executions.routes import router as executions_router
+from app.executions.service import ExecutionService
+from app.forwarding.client import N8nClient
+from app.health.routes import router as health_router
+from app.migrations import schema_state
+from app.tenants.service import Authenticator
+
+logger = logging.getLogger(__name__)
+
+
+class State(TypedDict):
+    services: Services
+
+
+class SchemaNotCurrent(RuntimeError):
+    pass
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        if settings.database_url is None:
+            raise SchemaNotCurrent("DATABASE_URL is not set; start the gateway with 'n8n-gate serve'.")
+        pool = await db.create_pool(str(settings.database_url), settings)
+        try:
+            await _require_current_schema(pool)
+            async with N8nClient(
+                base_url=str(settings.n8n_base_url),
+                connect_timeout=settings.n8n_connect_timeout_seconds,
+                timeout=settings.n8n_timeout_seconds,
+                max_connections=settings.n8n_max_connections,
+            ) as n8n:
+                executions = ExecutionService(pool=pool, n8n=n8n, settings=settings)
+                authenticator = Authenticator(pool, cache_seconds=settings.auth_cache_seconds)
+                yield {"services": Services(settings, pool, authenticator, executions)}
+                await executions.drain(timeout=settings.n8n_timeout_seconds)
+        finally:
+            await pool.close()
+
+    app = FastAPI(
+        title="n8n-gate",
+        summary="Exactly-once triggers for n8n webhooks.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_handlers(app)
+    app.include_router(health_router)
+    app.include_router(executions_router)
+    return app
+
+
+async def _require_current_schema(pool: db.Pool) -> None:
+    async with db.connection(pool) as conn:
+        state = await schema_state(conn)
+    if not state.is_current:
+        raise SchemaNotCurrent(
+            f"database schema is at {state.current or 'nothing'}, this build needs {state.head}: "
+            "run 'n8n-gate migrate'"
+        )

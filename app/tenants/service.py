@@ -1,0 +1,116 @@
+"""API keys: minted once, stored as SHA-256, checked in constant time, cached briefly."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+
+from app import db
+from app.errors import InvalidRequest, Unauthorized
+from app.tenants import repo
+
+KEY_PREFIX = "n8ng"
+KEY_PATTERN = re.compile(r"^n8ng_([0-9a-f]{12})_[A-Za-z0-9_-]{32,64}$")
+TENANT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: UUID
+    name: str
+
+
+@dataclass(frozen=True)
+class NewKey:
+    tenant: Tenant
+    prefix: str
+    secret: str
+
+
+def hash_key(api_key: str) -> bytes:
+    return hashlib.sha256(api_key.encode()).digest()
+
+
+def mint_key() -> tuple[str, str]:
+    prefix = secrets.token_hex(6)
+    return prefix, f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+
+
+async def create_key(conn: asyncpg.Connection, *, tenant_name: str) -> NewKey:
+    if not TENANT_NAME_PATTERN.fullmatch(tenant_name):
+        raise InvalidRequest(
+            "Tenant names are 1-64 characters: letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit."
+        )
+    prefix, secret = mint_key()
+    async with conn.transaction():
+        tenant_id = await repo.upsert_tenant(conn, name=tenant_name)
+        await repo.insert_key(conn, tenant_id=tenant_id, prefix=prefix, key_hash=hash_key(secret))
+    return NewKey(tenant=Tenant(id=tenant_id, name=tenant_name), prefix=prefix, secret=secret)
+
+
+class Authenticator:
+    """Maps a bearer key to its tenant. A verified key is remembered for `cache_seconds`, so a
+    revoked key may keep working that long in a process that has just used it."""
+
+    def __init__(self, pool: db.Pool, *, cache_seconds: float) -> None:
+        self._pool = pool
+        self._cache_seconds = cache_seconds
+        self._cache: dict[bytes, tuple[Tenant, float]] = {}
+
+    async def authenticate(self, authorization: str | None) -> Tenant:
+        api_key = _bearer_token(authorization)
+        digest = hash_key(api_key)
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        tenant = await self._verify(api_key, digest)
+        if self._cache_seconds > 0:
+            self._remember(digest, tenant)
+        return tenant
+
+    async def _verify(self, api_key: str, digest: bytes) -> Tenant:
+        match = KEY_PATTERN.fullmatch(api_key)
+        if match is None:
+            raise _invalid_key()
+        async with db.connection(self._pool) as conn:
+            stored = await repo.find_key(conn, prefix=match.group(1))
+        if stored is None or not hmac.compare_digest(stored.key_hash, digest):
+            raise _invalid_key()
+        return Tenant(id=stored.tenant_id, name=stored.tenant_name)
+
+    def _remember(self, digest: bytes, tenant: Tenant) -> None:
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (tenant, time.monotonic() + self._cache_seconds)
+
+
+def _bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthorized(
+            "Send your API key as 'Authorization: Bearer <key>'. "
+            "Create one with 'n8n-gate keys create --tenant NAME'.",
+            headers={"WWW-Authenticate": 'Bearer realm="n8n-gate"'},
+        )
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(
+            "The Authorization header must use the Bearer scheme: 'Authorization: Bearer <key>'.",
+            headers={"WWW-Authenticate": 'Bearer realm="n8n-gate"'},
+        )
+    return token.strip()
+
+
+def _invalid_key() -> Unauthorized:
+    return Unauthorized(
+        "The API key is unknown or revoked. Check the key, or create one with "
+        "'n8n-gate keys create --tenant NAME'.",
+        headers={"WWW-Authenticate": 'Bearer realm="n8n-gate", error="invalid_token"'},
+    )

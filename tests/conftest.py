@@ -1,0 +1,138 @@
+"""Test fixtures: a real, migrated Postgres, a fake n8n on loopback, and the real app over HTTP.
+
+The database is DATABASE_URL's server when that is set (a fresh database per run is created
+on it and dropped afterwards); otherwise a private embedded server from the pip wheel.
+Tests are isolated by tenant: each one gets a new tenant and API key, so they never see each
+other's executions even though every request really commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app import migrations
+from app.config import Settings, load_settings
+from app.embedded import start_embedded
+from app.main import create_app
+from app.tenants.service import create_key
+from tests.fake_n8n import FakeN8n
+from tests.servers import refusing_port, serve_in_thread
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    server_url = os.environ.get("DATABASE_URL")
+    if server_url:
+        yield from _fresh_server_database(server_url)
+        return
+    with tempfile.TemporaryDirectory(prefix="n8n-gate-test-") as data_dir:
+        url = start_embedded(Path(data_dir), database="n8n_gate_test")
+        migrations.upgrade(url)
+        yield url
+
+
+def _fresh_server_database(server_url: str) -> Iterator[str]:
+    name = f"n8n_gate_test_{uuid.uuid4().hex[:12]}"
+    parts = urlsplit(server_url)
+    test_url = urlunsplit(parts._replace(path=f"/{name}"))
+
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        migrations.upgrade(test_url)
+        yield test_url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def fake_n8n() -> Iterator[tuple[FakeN8n, str]]:
+    fake = FakeN8n()
+    with serve_in_thread(fake.app) as base_url:
+        yield fake, base_url
+
+
+@pytest.fixture
+def n8n(fake_n8n: tuple[FakeN8n, str]) -> Iterator[FakeN8n]:
+    fake, _ = fake_n8n
+    yield fake
+    fake.hold_slow()
+
+
+@pytest.fixture
+def settings(database_url: str, fake_n8n: tuple[FakeN8n, str]) -> Settings:
+    return gate_settings(database_url, fake_n8n[1])
+
+
+def gate_settings(database_url: str, n8n_base_url: str, **overrides: object) -> Settings:
+    return load_settings(
+        _env_file=None, DATABASE_URL=database_url, N8N_BASE_URL=n8n_base_url,
+        db_pool_min_size=1, **overrides,
+    )
+
+
+async def new_api_key(database_url: str, tenant_name: str | None = None) -> str:
+    conn = await asyncpg.connect(database_url)
+    try:
+        key = await create_key(conn, tenant_name=tenant_name or f"t-{uuid.uuid4().hex[:16]}")
+    finally:
+        await conn.close()
+    return key.secret
+
+
+@pytest.fixture
+async def api_key(database_url: str) -> str:
+    return await new_api_key(database_url)
+
+
+@asynccontextmanager
+async def gateway_client(settings: Settings, api_key: str | None) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app with its lifespan (pool, n8n client), driven over HTTP in-process."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app) as state:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        transport = httpx.ASGITransport(app=_with_lifespan_state(app, state))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gate.test", headers=headers
+        ) as client:
+            yield client
+
+
+def _with_lifespan_state(app: ASGIApp, state: Mapping[str, Any] | None) -> ASGIApp:
+    """Servers copy the lifespan's state into each request scope; ASGITransport does not."""
+
+    async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
+        await app({**scope, "state": dict(state or {})}, receive, send)
+
+    return with_state
+
+
+@pytest.fixture
+async def client(settings: Settings, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with gateway_client(settings, api_key) as client:
+        yield client
+
+
+@pytest.fixture
+def unreachable_n8n_url() -> Iterator[str]:
+    with refusing_port() as port:
+        yield f"http://127.0.0.1:{port}"

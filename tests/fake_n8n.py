@@ -1,0 +1,195 @@
+"""A stand-in for n8n's webhook server that answers as n8n does (shared/reference/n8n-webhooks.md).
+
+Registered production webhooks (method, path → behaviour):
+    POST echo          respond "When Last Node Finishes": 200, the request echoed as JSON
+    POST started       respond "Immediately": 200 {"message": "Workflow was started"}
+    POST fail          the workflow errors: 500 {"message": "Error in workflow"}
+    POST slow          waits until released (or ?delay= seconds), then echoes
+    POST flaky         500 while `failures_left[key]` > 0, then echoes
+    POST binary        200 application/octet-stream bytes (not UTF-8)
+    POST respond       "Respond to Webhook" node: 201, text body, custom X-Execution-Id header
+    POST missing-order "Respond to Webhook" node answering a workflow-level 404
+    GET  lookup        only GET is registered: other methods get n8n's "did you mean" 404
+Test webhooks (/webhook-test/...): echo only. Anything else: n8n's "not registered" 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+BINARY_BODY = bytes(range(256)) * 4
+PRODUCTION_HINT = (
+    "The workflow must be active for a production URL to run successfully. You can activate "
+    "the workflow using the toggle in the top-right of the editor. Note that unlike test URL "
+    "calls, production URL calls aren't shown on the canvas (only in the executions list)"
+)
+TEST_HINT = (
+    "Click the 'Execute workflow' button on the canvas, then try again. (In test mode, the "
+    "webhook only works for one call after you click this button)"
+)
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    mode: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def key(self) -> str | None:
+        return self.headers.get("idempotency-key")
+
+
+@dataclass
+class FakeN8n:
+    calls: list[Call] = field(default_factory=list)
+    failures_left: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _release: asyncio.Event | None = None
+
+    def calls_for(self, key: str) -> list[Call]:
+        with self._lock:
+            return [call for call in self.calls if call.key == key]
+
+    def release_slow(self) -> None:
+        """Let every waiting (and future) `slow` call answer."""
+        assert self._release is not None
+        loop = self._loop
+        loop.call_soon_threadsafe(self._release.set)
+
+    def hold_slow(self) -> None:
+        assert self._release is not None
+        self._loop.call_soon_threadsafe(self._release.clear)
+
+    @property
+    def app(self) -> Starlette:
+        methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+        return Starlette(
+            routes=[
+                Route("/webhook/{path:path}", self._production, methods=methods),
+                Route("/webhook-test/{path:path}", self._test, methods=methods),
+            ],
+            lifespan=self._lifespan,
+        )
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self._loop = asyncio.get_running_loop()
+        self._release = asyncio.Event()
+        yield
+
+    async def _production(self, request: Request) -> Response:
+        path = request.path_params["path"].rstrip("/")
+        call = await self._record(request, "webhook", path)
+        handler = {
+            "echo": self._echo,
+            "started": self._started,
+            "fail": self._fail,
+            "slow": self._slow,
+            "flaky": self._flaky,
+            "binary": self._binary,
+            "respond": self._respond,
+            "missing-order": self._missing_order,
+        }.get(path)
+        if path == "lookup":
+            if request.method == "GET":
+                return JSONResponse({"found": True})
+            return _did_you_mean(request.method, "GET")
+        if handler is None:
+            return _not_registered(request.method, path, test=False)
+        if request.method != "POST":
+            return _did_you_mean(request.method, "POST")
+        return await handler(call)
+
+    async def _test(self, request: Request) -> Response:
+        path = request.path_params["path"].rstrip("/")
+        call = await self._record(request, "webhook-test", path)
+        if path != "echo":
+            return _not_registered(request.method, path, test=True)
+        return await self._echo(call)
+
+    async def _record(self, request: Request, mode: str, path: str) -> Call:
+        call = Call(
+            method=request.method, mode=mode, path=path, query=request.url.query,
+            headers={k.lower(): v for k, v in request.headers.items()}, body=await request.body(),
+        )
+        with self._lock:
+            self.calls.append(call)
+        return call
+
+    async def _echo(self, call: Call) -> Response:
+        received: Any = json.loads(call.body) if call.body else None
+        return JSONResponse({"received": received, "query": call.query, "headers": call.headers})
+
+    async def _started(self, call: Call) -> Response:
+        return JSONResponse({"message": "Workflow was started"})
+
+    async def _fail(self, call: Call) -> Response:
+        return JSONResponse({"message": "Error in workflow"}, status_code=500)
+
+    async def _slow(self, call: Call) -> Response:
+        assert self._release is not None
+        delay = dict(pair.split("=", 1) for pair in call.query.split("&") if "=" in pair).get("delay")
+        try:
+            await asyncio.wait_for(self._release.wait(), timeout=float(delay) if delay else 30.0)
+        except TimeoutError:
+            pass
+        return await self._echo(call)
+
+    async def _flaky(self, call: Call) -> Response:
+        key = call.key or ""
+        with self._lock:
+            left = self.failures_left.get(key, 0)
+            self.failures_left[key] = max(left - 1, 0)
+        if left > 0:
+            return await self._fail(call)
+        return await self._echo(call)
+
+    async def _binary(self, call: Call) -> Response:
+        return Response(BINARY_BODY, media_type="application/octet-stream")
+
+    async def _respond(self, call: Call) -> Response:
+        return Response(
+            "accepted for processing", status_code=201, media_type="text/plain",
+            headers={"X-Execution-Id": "4711"},
+        )
+
+    async def _missing_order(self, call: Call) -> Response:
+        return JSONResponse({"error": "order not found"}, status_code=404)
+
+
+def _not_registered(method: str, path: str, *, test: bool) -> Response:
+    name = f"{path}" if test else f"{method} {path}"
+    return JSONResponse(
+        {
+            "code": 404,
+            "message": f'The requested webhook "{name}" is not registered.',
+            "hint": TEST_HINT if test else PRODUCTION_HINT,
+        },
+        status_code=404,
+    )
+
+
+def _did_you_mean(method: str, registered: str) -> Response:
+    return JSONResponse(
+        {
+            "code": 404,
+            "message": f"This webhook is not registered for {method} requests. "
+            f"Did you mean to make a {registered} request?",
+        },
+        status_code=404,
+    )

@@ -1,0 +1,50 @@
+"""Real servers for tests: uvicorn in a thread on a loopback socket, and free ports."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+
+
+def loopback_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A port that is bound but never listens: connecting to it is refused at once."""
+    sock = loopback_socket()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+@contextmanager
+def serve_in_thread(app: Any, *, timeout: float = 10.0) -> Iterator[str]:
+    """Run an ASGI app in a real uvicorn on loopback; yields its base URL."""
+    sock = loopback_socket()
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
