@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -67,7 +68,7 @@ def database_url(settings: Settings) -> str:
     """DATABASE_URL, or the embedded server in GATE_DATA_DIR (started and migrated)."""
     if settings.database_url is not None:
         return str(settings.database_url)
-    url = start_embedded(settings.data_dir)
+    url = start_embedded(settings.data_dir).url
     migrations.upgrade(url)
     return url
 
@@ -81,11 +82,21 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         _require_current_schema(url)
     _run(_bootstrap_default_key(url))
     os.environ["DATABASE_URL"] = url  # worker processes read their settings afresh
-    uvicorn.run(
-        "app.main:create_app", factory=True, host=args.host, port=args.port,
-        workers=args.workers, proxy_headers=True, server_header=False,
-    )
+    # uvicorn shuts down gracefully, then re-raises the signal it caught; exiting through
+    # Python instead (not the default handler) lets atexit stop the embedded server.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    try:
+        uvicorn.run(
+            "app.main:create_app", factory=True, host=args.host, port=args.port,
+            workers=args.workers, proxy_headers=True, server_header=False,
+        )
+    except KeyboardInterrupt:
+        pass
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:

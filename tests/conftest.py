@@ -13,8 +13,8 @@ import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from typing import Any, Protocol
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,29 +39,37 @@ def database_url() -> Iterator[str]:
         yield from _fresh_server_database(server_url)
         return
     with tempfile.TemporaryDirectory(prefix="n8n-gate-test-") as data_dir:
-        url = start_embedded(Path(data_dir), database="n8n_gate_test")
-        migrations.upgrade(url)
-        yield url
+        server = start_embedded(Path(data_dir), database="n8n_gate_test")
+        try:
+            migrations.upgrade(server.url)
+            yield server.url
+        finally:
+            server.stop()
 
 
 def _fresh_server_database(server_url: str) -> Iterator[str]:
-    name = f"n8n_gate_test_{uuid.uuid4().hex[:12]}"
-    parts = urlsplit(server_url)
-    test_url = urlunsplit(parts._replace(path=f"/{name}"))
-
-    async def admin(statement: str) -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
+    with empty_database(server_url) as test_url:
         migrations.upgrade(test_url)
         yield test_url
+
+
+@contextmanager
+def empty_database(url: str) -> Iterator[str]:
+    """A new, empty database on the same server as `url`; dropped afterwards."""
+    name = f"n8n_gate_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _admin(url: str, statement: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +83,7 @@ def fake_n8n() -> Iterator[tuple[FakeN8n, str]]:
 def n8n(fake_n8n: tuple[FakeN8n, str]) -> Iterator[FakeN8n]:
     fake, _ = fake_n8n
     yield fake
+    fake.release_slow()  # let any call a test left waiting finish
     fake.hold_slow()
 
 
@@ -130,6 +139,26 @@ def _with_lifespan_state(app: ASGIApp, state: Mapping[str, Any] | None) -> ASGIA
 async def client(settings: Settings, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
     async with gateway_client(settings, api_key) as client:
         yield client
+
+
+class ClientFactory(Protocol):
+    def __call__(
+        self, *, n8n_base_url: str | None = None, api_key: str | None = ..., **overrides: object
+    ) -> AbstractAsyncContextManager[httpx.AsyncClient]: ...
+
+
+@pytest.fixture
+def make_client(database_url: str, fake_n8n: tuple[FakeN8n, str], api_key: str) -> ClientFactory:
+    """Another gateway (own settings, own pool) for the same tenant, e.g. to change n8n's URL."""
+    default_key = api_key
+
+    def factory(
+        *, n8n_base_url: str | None = None, api_key: str | None = default_key, **overrides: object
+    ) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        settings = gate_settings(database_url, n8n_base_url or fake_n8n[1], **overrides)
+        return gateway_client(settings, api_key)
+
+    return factory
 
 
 @pytest.fixture

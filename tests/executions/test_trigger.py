@@ -1,0 +1,241 @@
+"""Forwarding and replay: what a caller of /webhook/<path> sees, and what n8n receives."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+import httpx
+import pytest
+
+from app.errors import InvalidWebhookPath
+from app.executions.trigger import parse_webhook_path
+from tests.conftest import ClientFactory
+from tests.fake_n8n import BINARY_BODY, FakeN8n
+from tests.problems import assert_problem
+
+
+def new_key() -> str:
+    return f"key-{uuid.uuid4()}"
+
+
+async def test_forwards_method_path_query_body_and_end_to_end_headers(
+    client: httpx.AsyncClient, n8n: FakeN8n
+) -> None:
+    key = new_key()
+    response = await client.post(
+        "/webhook/echo?b=2&a=1",
+        content=b'{"amount": 42}',
+        headers={
+            "Idempotency-Key": key,
+            "Content-Type": "application/json",
+            "X-Signature": "sig-1",
+            "Connection": "keep-alive, X-Hop",
+            "X-Hop": "must-not-pass",
+            "Keep-Alive": "timeout=5",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        },
+    )
+    assert response.status_code == 200, response.text
+    [call] = n8n.calls_for(key)
+    assert (call.method, call.mode, call.path, call.query) == ("POST", "webhook", "echo", "b=2&a=1")
+    assert call.body == b'{"amount": 42}'
+    assert call.headers["content-type"] == "application/json"
+    assert call.headers["x-signature"] == "sig-1"
+    assert call.headers["idempotency-key"] == key
+    assert call.headers["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c")
+    for hidden in ("authorization", "x-hop", "keep-alive"):
+        assert hidden not in call.headers
+    assert call.headers["host"] != "gate.test"
+
+
+async def test_retry_replays_status_body_and_headers_without_calling_n8n(
+    client: httpx.AsyncClient, n8n: FakeN8n
+) -> None:
+    key = new_key()
+    first = await client.post("/webhook/respond", headers={"Idempotency-Key": key})
+    again = await client.post("/webhook/respond", headers={"Idempotency-Key": key})
+    assert first.status_code == again.status_code == 201
+    assert first.text == again.text == "accepted for processing"
+    assert again.headers["content-type"].startswith("text/plain")
+    assert again.headers["x-execution-id"] == "4711"
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert len(n8n.calls_for(key)) == 1
+
+
+async def test_binary_answers_are_replayed_byte_for_byte(
+    client: httpx.AsyncClient, n8n: FakeN8n
+) -> None:
+    key = new_key()
+    first = await client.post("/webhook/binary", headers={"Idempotency-Key": key})
+    again = await client.post("/webhook/binary", headers={"Idempotency-Key": key})
+    assert first.content == again.content == BINARY_BODY
+    assert again.headers["content-type"] == "application/octet-stream"
+    status = (await client.get(f"/v1/executions/{key}")).json()
+    assert status["response"]["body_encoding"] == "base64"
+    assert base64.b64decode(status["response"]["body"]) == BINARY_BODY
+
+
+async def test_every_trigger_answer_points_at_its_execution(client: httpx.AsyncClient) -> None:
+    key = "order 7/π?".encode("ascii", "replace").decode()  # space, slash and '?' need encoding
+    fresh = await client.post("/webhook/echo", json={}, headers={"Idempotency-Key": key})
+    replay = await client.post("/webhook/echo", json={}, headers={"Idempotency-Key": key})
+    reused = await client.post("/webhook/echo", json={"x": 1}, headers={"Idempotency-Key": key})
+    expected = "/v1/executions/order%207%2F%3F%3F"
+    assert fresh.headers["location"] == replay.headers["location"] == expected
+    assert reused.headers["location"] == expected
+    assert (await client.get(expected)).json()["key"] == key
+
+
+async def test_a_quoted_key_and_its_bare_form_are_the_same_key(
+    client: httpx.AsyncClient, n8n: FakeN8n
+) -> None:
+    bare = new_key()
+    first = await client.post("/webhook/echo", json={}, headers={"Idempotency-Key": f'"{bare}"'})
+    second = await client.post("/webhook/echo", json={}, headers={"Idempotency-Key": bare})
+    assert first.status_code == 200
+    assert second.headers["idempotent-replayed"] == "true"
+    assert len(n8n.calls_for(f'"{bare}"')) == 1
+    assert n8n.calls_for(bare) == []
+
+
+async def test_escapes_in_a_quoted_key_are_unescaped(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/webhook/echo", json={}, headers={"Idempotency-Key": r'"say \"hi\""'}
+    )
+    status = await client.get(response.headers["location"])
+    assert status.json()["key"] == 'say "hi"'
+
+
+async def test_missing_key_is_400(client: httpx.AsyncClient, n8n: FakeN8n) -> None:
+    before = len(n8n.calls)
+    response = await client.post("/webhook/echo", json={})
+    assert_problem(response, 400, "idempotency-key-missing")
+    assert len(n8n.calls) == before
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["x" * 256, '""', '"unterminated', '"bad\\escape"', '"in"side"', "ünïcode", "tab\there"],
+)
+async def test_malformed_key_is_400(client: httpx.AsyncClient, value: str) -> None:
+    response = await client.post(
+        "/webhook/echo", json={}, headers=[(b"Idempotency-Key", value.encode("utf-8"))]
+    )
+    assert_problem(response, 400, "idempotency-key-invalid")
+
+
+async def test_255_character_key_is_accepted(client: httpx.AsyncClient) -> None:
+    response = await client.post("/webhook/echo", json={}, headers={"Idempotency-Key": "k" * 255})
+    assert response.status_code == 200
+
+
+async def test_two_key_headers_are_400(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/webhook/echo", json={}, headers=[("Idempotency-Key", "a"), ("Idempotency-Key", "b")]
+    )
+    assert_problem(response, 400, "idempotency-key-invalid")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (("POST", "/webhook/echo", b'{"a":1}'), ("POST", "/webhook/echo", b'{"a":2}')),
+        (("POST", "/webhook/echo", b"{}"), ("POST", "/webhook/started", b"{}")),
+        (("POST", "/webhook/echo?x=1", b"{}"), ("POST", "/webhook/echo?x=2", b"{}")),
+        (("POST", "/webhook/echo", b"{}"), ("PUT", "/webhook/echo", b"{}")),
+        (("POST", "/webhook/echo", b"{}"), ("POST", "/webhook-test/echo", b"{}")),
+    ],
+)
+async def test_key_reused_for_another_request_is_422(
+    client: httpx.AsyncClient, n8n: FakeN8n,
+    first: tuple[str, str, bytes], second: tuple[str, str, bytes],
+) -> None:
+    key = new_key()
+    headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
+    await client.request(first[0], first[1], content=first[2], headers=headers)
+    response = await client.request(second[0], second[1], content=second[2], headers=headers)
+    assert_problem(response, 422, "idempotency-key-reused")
+    assert len(n8n.calls_for(key)) == 1
+
+
+async def test_query_parameter_order_does_not_change_the_fingerprint(
+    client: httpx.AsyncClient,
+) -> None:
+    key = new_key()
+    await client.post("/webhook/echo?a=1&b=2", json={}, headers={"Idempotency-Key": key})
+    again = await client.post("/webhook/echo?b=2&a=1", json={}, headers={"Idempotency-Key": key})
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+async def test_test_webhooks_go_to_webhook_test(client: httpx.AsyncClient, n8n: FakeN8n) -> None:
+    key = new_key()
+    response = await client.post("/webhook-test/echo", json={}, headers={"Idempotency-Key": key})
+    assert response.status_code == 200
+    assert n8n.calls_for(key)[0].mode == "webhook-test"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/webhook/..%2F..%2Frest%2Fworkflows",
+        "/webhook/a%2Fb",
+        "/webhook/a%5Cb",
+        "/webhook/a%252Fb",
+        "/webhook/%2E%2E/rest/workflows",
+        "/webhook/http:%2F%2Fevil.example%2Fx",
+        "/webhook/http://evil.example/x",
+        "/webhook/a//b",
+        "/webhook/",
+        "/webhook/a%00b",
+        "/webhook/%FF",
+    ],
+)
+async def test_paths_that_could_leave_the_webhook_prefix_are_400(
+    client: httpx.AsyncClient, n8n: FakeN8n, path: str
+) -> None:
+    before = len(n8n.calls)
+    response = await client.post(path, json={}, headers={"Idempotency-Key": new_key()})
+    assert_problem(response, 400, "webhook-path-invalid")
+    assert len(n8n.calls) == before
+
+
+@pytest.mark.parametrize("raw_tail", ["a/../../rest/workflows", "..", "a/./b", "%2e%2e/x"])
+def test_raw_dot_segments_are_refused(raw_tail: str) -> None:
+    # HTTP clients normalise '..' away before sending, but a raw request line can carry it
+    # and uvicorn passes it through unchanged.
+    with pytest.raises(InvalidWebhookPath):
+        parse_webhook_path(raw_tail)
+
+
+async def test_paths_with_several_segments_and_a_trailing_slash_are_forwarded(
+    client: httpx.AsyncClient, n8n: FakeN8n
+) -> None:
+    key = new_key()
+    response = await client.post("/webhook/orders/42/items/", json={}, headers={"Idempotency-Key": key})
+    assert response.status_code == 404  # the fake registers no such path; n8n's 404 comes back
+    assert n8n.calls_for(key)[0].path == "orders/42/items"
+    status = (await client.get(f"/v1/executions/{key}")).json()
+    assert status["workflow"] == "orders/42/items"
+
+
+async def test_get_on_a_trigger_path_is_405(client: httpx.AsyncClient) -> None:
+    response = await client.get("/webhook/echo", headers={"Idempotency-Key": new_key()})
+    problem = assert_problem(response, 405, "method-not-allowed")
+    assert "POST" in response.headers["allow"]
+    assert problem["instance"] == "/webhook/echo"
+
+
+async def test_body_over_the_limit_is_413_and_not_forwarded(
+    make_client: ClientFactory, n8n: FakeN8n
+) -> None:
+    key = new_key()
+    async with make_client(max_body_bytes=1024) as small:
+        response = await small.post(
+            "/webhook/echo", content=b"x" * 1025, headers={"Idempotency-Key": key}
+        )
+        assert_problem(response, 413, "payload-too-large")
+        ok = await small.post("/webhook/echo", json={"fits": True}, headers={"Idempotency-Key": key})
+        assert ok.status_code == 200
+    assert len(n8n.calls_for(key)) == 1

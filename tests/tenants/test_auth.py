@@ -1,0 +1,74 @@
+"""API keys and tenant isolation, seen from the HTTP edge."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import httpx
+import pytest
+
+from app.tenants import repo
+from tests.conftest import ClientFactory, new_api_key
+from tests.fake_n8n import FakeN8n
+from tests.problems import assert_problem
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Basic dXNlcjpwYXNz", "Bearer", "Bearer nonsense", "Bearer n8ng_000000000000_" + "x" * 43],
+)
+async def test_every_api_endpoint_needs_a_valid_key(
+    make_client: ClientFactory, n8n: FakeN8n, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    key = f"key-{uuid.uuid4()}"
+    async with make_client(api_key=None) as anonymous:
+        for method, path in [
+            ("POST", "/webhook/echo"),
+            ("POST", "/webhook-test/echo"),
+            ("GET", "/v1/executions"),
+            ("GET", f"/v1/executions/{key}"),
+        ]:
+            response = await anonymous.request(
+                method, path, headers={**headers, "Idempotency-Key": key}
+            )
+            assert_problem(response, 401, "unauthorized")
+            assert response.headers["www-authenticate"].startswith("Bearer")
+    assert n8n.calls_for(key) == []
+
+
+async def test_a_key_with_a_wrong_secret_is_refused(make_client: ClientFactory, api_key: str) -> None:
+    tampered = api_key[:-4] + ("AAAA" if not api_key.endswith("AAAA") else "BBBB")
+    async with make_client(api_key=tampered) as client:
+        assert_problem(await client.get("/v1/executions"), 401, "unauthorized")
+
+
+async def test_a_revoked_key_is_refused(make_client: ClientFactory, database_url: str) -> None:
+    api_key = await new_api_key(database_url)
+    async with make_client(api_key=api_key, auth_cache_seconds=0) as client:
+        assert (await client.get("/v1/executions")).status_code == 200
+        conn = await asyncpg.connect(database_url)
+        try:
+            assert await repo.revoke_key(conn, prefix=api_key.split("_")[1])
+        finally:
+            await conn.close()
+        assert_problem(await client.get("/v1/executions"), 401, "unauthorized")
+
+
+async def test_tenants_never_see_or_replay_each_others_executions(
+    make_client: ClientFactory, database_url: str, n8n: FakeN8n
+) -> None:
+    shared_key = f"shared-{uuid.uuid4()}"
+    headers = {"Idempotency-Key": shared_key}
+    key_a, key_b = await new_api_key(database_url), await new_api_key(database_url)
+    async with make_client(api_key=key_a) as tenant_a, make_client(api_key=key_b) as tenant_b:
+        a = await tenant_a.post("/webhook/echo", json={"tenant": "a"}, headers=headers)
+        assert (await tenant_b.get(f"/v1/executions/{shared_key}")).status_code == 404
+        assert (await tenant_b.get("/v1/executions")).json()["items"] == []
+
+        b = await tenant_b.post("/webhook/echo", json={"tenant": "b"}, headers=headers)
+        assert "idempotent-replayed" not in b.headers
+        assert b.json()["received"] == {"tenant": "b"}
+        assert a.json()["received"] == {"tenant": "a"}
+    assert len(n8n.calls_for(shared_key)) == 2

@@ -1,0 +1,164 @@
+"""The `n8n-gate` command, run as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import empty_database
+from tests.fake_n8n import FakeN8n
+from tests.servers import loopback_socket
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], env=env, cwd=ROOT, capture_output=True,
+        text=True, timeout=timeout, check=False,
+    )
+
+
+def cli_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("GATE_")}
+    return {**env, **values}
+
+
+def test_keys_create_list_and_revoke(database_url: str) -> None:
+    env = cli_env(DATABASE_URL=database_url)
+    created = run_cli("keys", "create", "--tenant", "cli-tenant", env=env)
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip().split(": ")[1]
+    prefix = secret.split("_")[1]
+    assert secret.startswith("n8ng_")
+
+    listed = run_cli("keys", "list", env=env)
+    assert prefix in listed.stdout
+    assert secret not in listed.stdout
+
+    assert run_cli("keys", "revoke", prefix, env=env).returncode == 0
+    again = run_cli("keys", "revoke", prefix, env=env)
+    assert again.returncode == 2
+    assert "no live API key" in again.stderr
+
+
+def test_a_bad_tenant_name_is_one_clear_line(database_url: str) -> None:
+    result = run_cli("keys", "create", "--tenant", "no spaces please", env=cli_env(DATABASE_URL=database_url))
+    assert result.returncode == 2
+    assert result.stderr.startswith("n8n-gate: Tenant names are")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GATE_N8N_TIMEOUT_SECONDS", "soon"),
+        ("DATABASE_URL", "mysql://root@localhost/db"),
+        ("N8N_BASE_URL", "not a url"),
+        ("GATE_DB_POOL_MAX_SIZE", "0"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_setting(name: str, value: str) -> None:
+    result = run_cli("migrate", env=cli_env(**{name: value}))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"n8n-gate: invalid setting {name}:"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_serve_refuses_a_database_whose_schema_is_behind(database_url: str) -> None:
+    with empty_database(database_url) as empty:
+        result = run_cli("serve", "--port", "1", env=cli_env(DATABASE_URL=empty))
+    assert result.returncode == 2
+    assert "run 'n8n-gate migrate' first" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_migrate_brings_an_empty_database_to_head(database_url: str) -> None:
+    with empty_database(database_url) as empty:
+        first = run_cli("migrate", env=cli_env(DATABASE_URL=empty))
+        second = run_cli("migrate", env=cli_env(DATABASE_URL=empty))
+    assert first.returncode == second.returncode == 0, first.stderr
+    assert "schema is at 0001" in second.stdout
+
+
+class Gateway:
+    def __init__(self, process: subprocess.Popen[str], base_url: str, output: list[str]) -> None:
+        self.process, self.base_url, self.output = process, base_url, output
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "gate-data"
+    path.parent.chmod(0o755)  # the embedded server runs as its own user when we are root
+    return path
+
+
+def start_gateway(data_dir: Path, n8n_url: str) -> Gateway:
+    sock = loopback_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(port)],
+        env=cli_env(GATE_DATA_DIR=str(data_dir), N8N_BASE_URL=n8n_url),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    output: list[str] = []
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, "".join(output) + (process.stdout.read() if process.stdout else "")
+        assert time.monotonic() < deadline, "gateway did not become ready"
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+                return Gateway(process, base_url, output)
+        except httpx.TransportError:
+            time.sleep(0.05)
+
+
+def stop_gateway(gateway: Gateway) -> str:
+    gateway.process.send_signal(signal.SIGTERM)
+    out, _ = gateway.process.communicate(timeout=30)
+    return out
+
+
+@pytest.fixture
+def n8n_url(fake_n8n: tuple[FakeN8n, str]) -> Iterator[str]:
+    yield fake_n8n[1]
+
+
+def test_serve_without_database_url_uses_embedded_postgres_that_survives_a_restart(
+    data_dir: Path, n8n_url: str
+) -> None:
+    first = start_gateway(data_dir, n8n_url)
+    try:
+        trigger = httpx.post(f"{first.base_url}/webhook/echo", json={"n": 1}, headers={"Idempotency-Key": "persist-1"})
+        assert trigger.status_code == 401
+    finally:
+        output = stop_gateway(first)
+    assert first.process.returncode == 0, output
+    api_key = next(line.strip() for line in output.splitlines() if line.strip().startswith("n8ng_"))
+
+    auth = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": "persist-1"}
+    second = start_gateway(data_dir, n8n_url)
+    try:
+        fresh = httpx.post(f"{second.base_url}/webhook/echo", json={"n": 1}, headers=auth)
+        assert fresh.status_code == 200
+    finally:
+        second_output = stop_gateway(second)
+    assert "n8ng_" not in second_output  # the default key is printed on first start only
+
+    third = start_gateway(data_dir, n8n_url)
+    try:
+        replay = httpx.post(f"{third.base_url}/webhook/echo", json={"n": 1}, headers=auth)
+    finally:
+        stop_gateway(third)
+    assert replay.status_code == 200
+    assert replay.headers["idempotent-replayed"] == "true"
