@@ -6,10 +6,9 @@ import asyncio
 import os
 from logging.config import fileConfig
 
+from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
-
-from alembic import context
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

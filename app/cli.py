@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -85,13 +86,16 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # uvicorn shuts down gracefully, then re-raises the signal it caught; exiting through
     # Python instead (not the default handler) lets atexit stop the embedded server.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         uvicorn.run(
-            "app.main:create_app", factory=True, host=args.host, port=args.port,
-            workers=args.workers, proxy_headers=True, server_header=False,
+            "app.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            proxy_headers=True,
+            server_header=False,
         )
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -107,7 +111,9 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
-    new_key = _run(_with_admin(database_url(settings), lambda conn: create_key(conn, tenant_name=args.tenant)))
+    new_key = _run(
+        _with_admin(database_url(settings), lambda conn: create_key(conn, tenant_name=args.tenant))
+    )
     print(f"tenant {new_key.tenant.name}: {new_key.secret}")
     print("Store it now: it is not shown again.", file=sys.stderr)
     return 0
@@ -118,13 +124,19 @@ def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'prefix':<14}{'tenant':<24}{'created':<27}revoked")
     for key in keys:
         revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "-"
-        print(f"{key.prefix:<14}{key.tenant:<24}{key.created_at.isoformat(timespec='seconds'):<27}{revoked}")
+        print(
+            f"{key.prefix:<14}{key.tenant:<24}{key.created_at.isoformat(timespec='seconds'):<27}{revoked}"
+        )
     return 0
 
 
 def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     prefix = args.prefix.removeprefix("n8ng_").split("_")[0]
-    revoked = _run(_with_admin(database_url(settings), lambda conn: tenants_repo.revoke_key(conn, prefix=prefix)))
+    revoked = _run(
+        _with_admin(
+            database_url(settings), lambda conn: tenants_repo.revoke_key(conn, prefix=prefix)
+        )
+    )
     if not revoked:
         raise CliError(f"no live API key with prefix {prefix!r} ('n8n-gate keys list' shows them)")
     print(f"revoked {prefix}")
@@ -145,8 +157,8 @@ async def _bootstrap_default_key(url: str) -> None:
         if await tenants_repo.count_keys(conn) == 0:
             new_key = await create_key(conn, tenant_name=DEFAULT_TENANT)
             print(
-                f"\nNo API keys yet: created tenant '{DEFAULT_TENANT}' with this key (shown once):\n"
-                f"    {new_key.secret}\n",
+                f"\nNo API keys yet: created tenant '{DEFAULT_TENANT}' with this key "
+                f"(shown once):\n    {new_key.secret}\n",
                 flush=True,
             )
 

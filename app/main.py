@@ -37,7 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         if settings.database_url is None:
-            raise SchemaNotCurrent("DATABASE_URL is not set; start the gateway with 'n8n-gate serve'.")
+            raise SchemaNotCurrent(
+                "DATABASE_URL is not set; start the gateway with 'n8n-gate serve'."
+            )
         pool = await db.create_pool(str(settings.database_url), settings)
         try:
             await _require_current_schema(pool)
@@ -50,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 executions = ExecutionService(pool=pool, n8n=n8n, settings=settings)
                 authenticator = Authenticator(pool, cache_seconds=settings.auth_cache_seconds)
                 yield {"services": Services(settings, pool, authenticator, executions)}
-                await executions.drain(timeout=settings.n8n_timeout_seconds)
+                await executions.drain(grace_seconds=settings.n8n_timeout_seconds)
         finally:
             await pool.close()
 

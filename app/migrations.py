@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from alembic import command
+from app.db import AnyConnection
 
 CURRENT_REVISION = "SELECT version_num FROM alembic_version"
 
@@ -43,7 +44,7 @@ def head_revision() -> str:
     return head
 
 
-async def schema_state(conn: asyncpg.Connection) -> SchemaState:
+async def schema_state(conn: AnyConnection) -> SchemaState:
     try:
         current = await conn.fetchval(CURRENT_REVISION)
     except asyncpg.UndefinedTableError:
@@ -65,7 +66,10 @@ def check_schema(database_url: str) -> SchemaState:
 
 def _alembic_ini() -> Path:
     """alembic.ini beside the working directory (Docker, a checkout) or beside the package."""
-    for candidate in (Path.cwd() / "alembic.ini", Path(__file__).resolve().parent.parent / "alembic.ini"):
+    for candidate in (
+        Path.cwd() / "alembic.ini",
+        Path(__file__).resolve().parent.parent / "alembic.ini",
+    ):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError("alembic.ini not found: run n8n-gate from the project directory.")

@@ -14,8 +14,8 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from typing import Any, Protocol
 from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -94,8 +94,11 @@ def settings(database_url: str, fake_n8n: tuple[FakeN8n, str]) -> Settings:
 
 def gate_settings(database_url: str, n8n_base_url: str, **overrides: object) -> Settings:
     return load_settings(
-        _env_file=None, DATABASE_URL=database_url, N8N_BASE_URL=n8n_base_url,
-        db_pool_min_size=1, **overrides,
+        _env_file=None,
+        DATABASE_URL=database_url,
+        N8N_BASE_URL=n8n_base_url,
+        db_pool_min_size=1,
+        **overrides,
     )
 
 
@@ -114,7 +117,9 @@ async def api_key(database_url: str) -> str:
 
 
 @asynccontextmanager
-async def gateway_client(settings: Settings, api_key: str | None) -> AsyncIterator[httpx.AsyncClient]:
+async def gateway_client(
+    settings: Settings, api_key: str | None
+) -> AsyncIterator[httpx.AsyncClient]:
     """The real app with its lifespan (pool, n8n client), driven over HTTP in-process."""
     app = create_app(settings)
     async with app.router.lifespan_context(app) as state:

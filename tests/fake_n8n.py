@@ -19,7 +19,7 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,8 +124,12 @@ class FakeN8n:
 
     async def _record(self, request: Request, mode: str, path: str) -> Call:
         call = Call(
-            method=request.method, mode=mode, path=path, query=request.url.query,
-            headers={k.lower(): v for k, v in request.headers.items()}, body=await request.body(),
+            method=request.method,
+            mode=mode,
+            path=path,
+            query=request.url.query,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=await request.body(),
         )
         with self._lock:
             self.calls.append(call)
@@ -143,11 +147,11 @@ class FakeN8n:
 
     async def _slow(self, call: Call) -> Response:
         assert self._release is not None
-        delay = dict(pair.split("=", 1) for pair in call.query.split("&") if "=" in pair).get("delay")
-        try:
+        delay = dict(pair.split("=", 1) for pair in call.query.split("&") if "=" in pair).get(
+            "delay"
+        )
+        with suppress(TimeoutError):
             await asyncio.wait_for(self._release.wait(), timeout=float(delay) if delay else 30.0)
-        except TimeoutError:
-            pass
         return await self._echo(call)
 
     async def _flaky(self, call: Call) -> Response:
@@ -164,7 +168,9 @@ class FakeN8n:
 
     async def _respond(self, call: Call) -> Response:
         return Response(
-            "accepted for processing", status_code=201, media_type="text/plain",
+            "accepted for processing",
+            status_code=201,
+            media_type="text/plain",
             headers={"X-Execution-Id": "4711"},
         )
 

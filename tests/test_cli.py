@@ -20,10 +20,17 @@ from tests.servers import loopback_socket
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app", *args], env=env, cwd=ROOT, capture_output=True,
-        text=True, timeout=timeout, check=False,
+        [sys.executable, "-m", "app", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -51,7 +58,9 @@ def test_keys_create_list_and_revoke(database_url: str) -> None:
 
 
 def test_a_bad_tenant_name_is_one_clear_line(database_url: str) -> None:
-    result = run_cli("keys", "create", "--tenant", "no spaces please", env=cli_env(DATABASE_URL=database_url))
+    result = run_cli(
+        "keys", "create", "--tenant", "no spaces please", env=cli_env(DATABASE_URL=database_url)
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("n8n-gate: Tenant names are")
     assert "Traceback" not in result.stderr
@@ -108,13 +117,18 @@ def start_gateway(data_dir: Path, n8n_url: str) -> Gateway:
     process = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", str(port)],
         env=cli_env(GATE_DATA_DIR=str(data_dir), N8N_BASE_URL=n8n_url),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base_url = f"http://127.0.0.1:{port}"
     output: list[str] = []
     deadline = time.monotonic() + 60
     while True:
-        assert process.poll() is None, "".join(output) + (process.stdout.read() if process.stdout else "")
+        assert process.poll() is None, "".join(output) + (
+            process.stdout.read() if process.stdout else ""
+        )
         assert time.monotonic() < deadline, "gateway did not become ready"
         try:
             if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
@@ -131,7 +145,7 @@ def stop_gateway(gateway: Gateway) -> str:
 
 @pytest.fixture
 def n8n_url(fake_n8n: tuple[FakeN8n, str]) -> Iterator[str]:
-    yield fake_n8n[1]
+    return fake_n8n[1]
 
 
 def test_serve_without_database_url_uses_embedded_postgres_that_survives_a_restart(
@@ -139,7 +153,11 @@ def test_serve_without_database_url_uses_embedded_postgres_that_survives_a_resta
 ) -> None:
     first = start_gateway(data_dir, n8n_url)
     try:
-        trigger = httpx.post(f"{first.base_url}/webhook/echo", json={"n": 1}, headers={"Idempotency-Key": "persist-1"})
+        trigger = httpx.post(
+            f"{first.base_url}/webhook/echo",
+            json={"n": 1},
+            headers={"Idempotency-Key": "persist-1"},
+        )
         assert trigger.status_code == 401
     finally:
         output = stop_gateway(first)

@@ -13,7 +13,8 @@ from app.config import Settings
 from tests.conftest import new_api_key
 
 INSERT = """
-INSERT INTO executions (tenant_id, idempotency_key, fingerprint, method, mode, workflow_path, status)
+INSERT INTO executions
+    (tenant_id, idempotency_key, fingerprint, method, mode, workflow_path, status)
 VALUES ($1, $2, '\\x00', 'POST', 'webhook', 'echo', 'completed')
 """
 
@@ -51,7 +52,8 @@ async def test_the_service_role_is_subject_to_rls(pool: db.Pool) -> None:
             "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
         )
         forced = await conn.fetchval(
-            "SELECT relforcerowsecurity AND relrowsecurity FROM pg_class WHERE relname = 'executions'"
+            "SELECT relforcerowsecurity AND relrowsecurity FROM pg_class "
+            "WHERE relname = 'executions'"
         )
     assert dict(role) == {"rolname": "n8n_gate_app", "rolsuper": False, "rolbypassrls": False}
     assert forced is True
@@ -62,7 +64,9 @@ async def test_a_query_without_a_tenant_filter_sees_only_its_tenant(
 ) -> None:
     a, b = two_tenants
     async with db.tenant_transaction(pool, a) as conn:
-        visible = await conn.fetch("SELECT tenant_id FROM executions WHERE idempotency_key = 'same-key'")
+        visible = await conn.fetch(
+            "SELECT tenant_id FROM executions WHERE idempotency_key = 'same-key'"
+        )
         deleted = await conn.execute("DELETE FROM executions WHERE tenant_id = $1", b)
     assert [row["tenant_id"] for row in visible] == [a]
     assert deleted == "DELETE 0"

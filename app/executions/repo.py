@@ -9,6 +9,8 @@ from uuid import UUID
 
 import asyncpg
 
+from app.db import AnyConnection
+
 _COLUMNS = """
     id, idempotency_key, fingerprint, method, mode, workflow_path, status, attempts,
     lease_expires_at, lease_expires_at < now() AS lease_expired,
@@ -118,7 +120,7 @@ def _row(record: asyncpg.Record | None) -> ExecutionRow | None:
 
 
 async def claim(
-    conn: asyncpg.Connection,
+    conn: AnyConnection,
     *,
     tenant_id: UUID,
     key: str,
@@ -134,20 +136,22 @@ async def claim(
     return _row(record)
 
 
-async def find_by_key(conn: asyncpg.Connection, *, tenant_id: UUID, key: str) -> ExecutionRow | None:
+async def find_by_key(conn: AnyConnection, *, tenant_id: UUID, key: str) -> ExecutionRow | None:
     return _row(await conn.fetchrow(FIND_BY_KEY, tenant_id, key))
 
 
 async def retake(
-    conn: asyncpg.Connection, *, tenant_id: UUID, key: str, lease_seconds: float
+    conn: AnyConnection, *, tenant_id: UUID, key: str, lease_seconds: float
 ) -> ExecutionRow | None:
     return _row(await conn.fetchrow(RETAKE, tenant_id, key, lease_seconds))
 
 
 async def record_outcome(
-    conn: asyncpg.Connection, *, tenant_id: UUID, execution_id: int, attempt: int, outcome: Outcome
+    conn: AnyConnection, *, tenant_id: UUID, execution_id: int, attempt: int, outcome: Outcome
 ) -> bool:
-    headers: Any = None if outcome.response_headers is None else [list(h) for h in outcome.response_headers]
+    headers: Any = (
+        None if outcome.response_headers is None else [list(h) for h in outcome.response_headers]
+    )
     result: str = await conn.execute(
         RECORD_OUTCOME,
         tenant_id,
@@ -165,7 +169,7 @@ async def record_outcome(
 
 
 async def list_recent(
-    conn: asyncpg.Connection,
+    conn: AnyConnection,
     *,
     tenant_id: UUID,
     status: str | None,

@@ -62,27 +62,37 @@ async def list_executions(
     if limit > services.settings.list_max_limit:
         raise InvalidRequest(f"limit may be at most {services.settings.list_max_limit}.")
     page = await services.executions.list_recent(
-        tenant=tenant, status=status, workflow=workflow,
-        before_id=decode_cursor(cursor) if cursor else None, limit=limit,
+        tenant=tenant,
+        status=status,
+        workflow=workflow,
+        before_id=decode_cursor(cursor) if cursor else None,
+        limit=limit,
     )
     next_cursor = encode_cursor(page.next_before_id) if page.next_before_id else None
     return ExecutionPage(items=[summary_of(row) for row in page.items], next_cursor=next_cursor)
 
 
-async def _trigger(request: Request, services: ServicesDep, tenant: CurrentTenant, *, mode: Mode) -> Response:
+async def _trigger(
+    request: Request, services: ServicesDep, tenant: CurrentTenant, *, mode: Mode
+) -> Response:
     raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
-    workflow_path, forwarded_path = parse_webhook_path(
-        raw_path.decode("latin-1")[len(mode) + 2 :]
-    )
+    workflow_path, forwarded_path = parse_webhook_path(raw_path.decode("latin-1")[len(mode) + 2 :])
     key = parse_idempotency_key(request.headers.getlist("idempotency-key"))
     trigger = TriggerRequest(
-        key=key, method=request.method, mode=mode, workflow_path=workflow_path,
-        raw_path=forwarded_path, query=request.url.query, headers=request.headers.items(),
+        key=key,
+        method=request.method,
+        mode=mode,
+        workflow_path=workflow_path,
+        raw_path=forwarded_path,
+        query=request.url.query,
+        headers=request.headers.items(),
         body=await _read_body(request, limit=services.settings.max_body_bytes),
     )
     client_host = request.client.host if request.client else None
     try:
-        answer = await services.executions.trigger(tenant=tenant, request=trigger, client_host=client_host)
+        answer = await services.executions.trigger(
+            tenant=tenant, request=trigger, client_host=client_host
+        )
     except GateError as exc:
         exc.headers.setdefault("Location", location_for(key))
         raise

@@ -15,7 +15,6 @@ from app.executions.repo import ExecutionRow
 CURSOR_VERSION = "v1"
 
 
-
 class RecordedResponse(BaseModel):
     status_code: int = Field(description="The status n8n answered with; replays return it.")
     content_type: str | None
@@ -124,6 +123,6 @@ def _recorded_response(row: ExecutionRow) -> RecordedResponse | None:
         status_code=row.response_status,
         content_type=row.response_content_type,
         body=text,
-        body_encoding=encoding,  # type: ignore[arg-type]
+        body_encoding=encoding,
         body_bytes=len(body),
     )

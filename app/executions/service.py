@@ -1,9 +1,9 @@
 """The execution state machine: the one place that decides what a trigger does.
 
-    (new key) ──claim──▶ running ──n8n answered, final──▶ completed ──(retries replay)
-                            │
-                            └──unreachable / timeout / 5xx / not registered──▶ failed
-    failed, or running with its lease run out ──retake (attempts + 1)──▶ running
+(new key) ──claim──▶ running ──n8n answered, final──▶ completed ──(retries replay)
+                        │
+                        └──unreachable / timeout / 5xx / not registered──▶ failed
+failed, or running with its lease run out ──retake (attempts + 1)──▶ running
 """
 
 from __future__ import annotations
@@ -64,15 +64,17 @@ class ExecutionService:
         if not row.claimed:
             return replay_answer(row)
         # Once claimed, the forward and its record must finish even if the client goes away.
-        task = asyncio.create_task(self._run(tenant=tenant, request=request, row=row, client_host=client_host))
+        task = asyncio.create_task(
+            self._run(tenant=tenant, request=request, row=row, client_host=client_host)
+        )
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
         return await asyncio.shield(task)
 
-    async def drain(self, *, timeout: float) -> None:
+    async def drain(self, *, grace_seconds: float) -> None:
         """Wait for claimed executions to be forwarded and recorded (shutdown)."""
         if self._in_flight:
-            await asyncio.wait(set(self._in_flight), timeout=timeout)
+            await asyncio.wait(set(self._in_flight), timeout=grace_seconds)
 
     async def get(self, *, tenant: Tenant, key: str) -> repo.ExecutionRow:
         async with db.tenant_transaction(self.pool, tenant.id) as conn:
@@ -82,25 +84,41 @@ class ExecutionService:
         return row
 
     async def list_recent(
-        self, *, tenant: Tenant, status: Status | None, workflow: str | None,
-        before_id: int | None, limit: int,
+        self,
+        *,
+        tenant: Tenant,
+        status: Status | None,
+        workflow: str | None,
+        before_id: int | None,
+        limit: int,
     ) -> Page:
         async with db.tenant_transaction(self.pool, tenant.id) as conn:
             rows = await repo.list_recent(
-                conn, tenant_id=tenant.id, status=status, workflow=workflow,
-                before_id=before_id, limit=limit + 1,
+                conn,
+                tenant_id=tenant.id,
+                status=status,
+                workflow=workflow,
+                before_id=before_id,
+                limit=limit + 1,
             )
         more = len(rows) > limit
         items = rows[:limit]
         return Page(items=items, next_before_id=items[-1].id if more else None)
 
-    async def _claim_or_decide(self, *, tenant: Tenant, request: TriggerRequest) -> repo.ExecutionRow:
+    async def _claim_or_decide(
+        self, *, tenant: Tenant, request: TriggerRequest
+    ) -> repo.ExecutionRow:
         """Claim the key (a claimed row), or return the completed row to replay, or raise."""
         for _ in range(MAX_DECISION_ROUNDS):
             async with db.tenant_transaction(self.pool, tenant.id) as conn:
                 row = await repo.claim(
-                    conn, tenant_id=tenant.id, key=request.key, fingerprint=request.fingerprint,
-                    method=request.method, mode=request.mode, workflow_path=request.workflow_path,
+                    conn,
+                    tenant_id=tenant.id,
+                    key=request.key,
+                    fingerprint=request.fingerprint,
+                    method=request.method,
+                    mode=request.mode,
+                    workflow_path=request.workflow_path,
                     lease_seconds=self.settings.lease_seconds,
                 ) or await repo.find_by_key(conn, tenant_id=tenant.id, key=request.key)
                 if row is None:  # deleted between the two statements; claim again
@@ -108,7 +126,9 @@ class ExecutionService:
                 if row.claimed or self._should_replay(row, request):
                     return row
                 retaken = await repo.retake(
-                    conn, tenant_id=tenant.id, key=request.key,
+                    conn,
+                    tenant_id=tenant.id,
+                    key=request.key,
                     lease_seconds=self.settings.lease_seconds,
                 )
             if retaken is not None:
@@ -137,10 +157,17 @@ class ExecutionService:
         )
 
     def _retry_headers(self, key: str) -> dict[str, str]:
-        return {"Location": location_for(key), "Retry-After": str(self.settings.retry_after_seconds)}
+        return {
+            "Location": location_for(key),
+            "Retry-After": str(self.settings.retry_after_seconds),
+        }
 
     async def _run(
-        self, *, tenant: Tenant, request: TriggerRequest, row: repo.ExecutionRow,
+        self,
+        *,
+        tenant: Tenant,
+        request: TriggerRequest,
+        row: repo.ExecutionRow,
         client_host: str | None,
     ) -> GatewayAnswer:
         try:
@@ -151,15 +178,21 @@ class ExecutionService:
         outcome = _outcome(response)
         await self._record(tenant, row, outcome)
         return GatewayAnswer(
-            status=response.status, content_type=response.content_type,
-            headers=response.headers, body=response.body, replayed=False,
+            status=response.status,
+            content_type=response.content_type,
+            headers=response.headers,
+            body=response.body,
+            replayed=False,
         )
 
     async def _record(self, tenant: Tenant, row: repo.ExecutionRow, outcome: repo.Outcome) -> None:
         try:
             async with db.tenant_transaction(self.pool, tenant.id) as conn:
                 recorded = await repo.record_outcome(
-                    conn, tenant_id=tenant.id, execution_id=row.id, attempt=row.attempts,
+                    conn,
+                    tenant_id=tenant.id,
+                    execution_id=row.id,
+                    attempt=row.attempts,
                     outcome=outcome,
                 )
         except GateError:
@@ -168,8 +201,9 @@ class ExecutionService:
             logger.exception("could not record the outcome of execution %s", row.id)
             return
         if not recorded:
-            logger.warning("execution %s attempt %s was taken over; outcome not recorded",
-                           row.id, row.attempts)
+            logger.warning(
+                "execution %s attempt %s was taken over; outcome not recorded", row.id, row.attempts
+            )
 
 
 def replay_answer(row: repo.ExecutionRow) -> GatewayAnswer:
@@ -192,7 +226,8 @@ def _outcome(response: N8nResponse) -> repo.Outcome:
         response_headers=response.headers,
         response_body=response.body,
         error_type=("n8n-not-registered" if response.is_not_registered else "n8n-error")
-        if failed else None,
+        if failed
+        else None,
         error_detail=f"n8n answered {response.status}" if failed else None,
     )
 

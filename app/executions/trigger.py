@@ -80,7 +80,7 @@ def _unquote_sf_string(raw: str) -> str:
         elif char == "\\":
             escaped = True
         elif char == '"':
-            raise InvalidIdempotencyKey('A quote inside a quoted Idempotency-Key must be escaped.')
+            raise InvalidIdempotencyKey("A quote inside a quoted Idempotency-Key must be escaped.")
         else:
             out.append(char)
     if escaped:

@@ -68,7 +68,9 @@ class N8nClient:
             limit=self._max_connections, keepalive_timeout=KEEPALIVE_SECONDS
         )
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, auto_decompress=True,
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=True,
             skip_auto_headers=("User-Agent",),
         )
         return self
@@ -88,8 +90,11 @@ class N8nClient:
             headers.append(("X-Forwarded-For", client_host))
         try:
             async with self._session.request(
-                request.method, self.url_for(request), headers=headers,
-                data=request.body or None, allow_redirects=False,
+                request.method,
+                self.url_for(request),
+                headers=headers,
+                data=request.body or None,
+                allow_redirects=False,
             ) as response:
                 body = await response.read()
                 return N8nResponse(

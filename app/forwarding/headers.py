@@ -24,7 +24,9 @@ NOT_FORWARDED = HOP_BY_HOP | {"host", "authorization", "content-length", "accept
 NOT_REPLAYED = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
 
 
-def end_to_end(headers: Iterable[tuple[str, str]], *, drop: frozenset[str]) -> list[tuple[str, str]]:
+def end_to_end(
+    headers: Iterable[tuple[str, str]], *, drop: frozenset[str]
+) -> list[tuple[str, str]]:
     """Headers minus `drop` and minus any header the Connection header names."""
     pairs = list(headers)
     named = {
@@ -33,4 +35,8 @@ def end_to_end(headers: Iterable[tuple[str, str]], *, drop: frozenset[str]) -> l
         if name.lower() == "connection"
         for token in value.split(",")
     }
-    return [(name, value) for name, value in pairs if (lowered := name.lower()) not in drop and lowered not in named]
+    return [
+        (name, value)
+        for name, value in pairs
+        if (lowered := name.lower()) not in drop and lowered not in named
+    ]

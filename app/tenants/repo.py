@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-import asyncpg
+from app.db import AnyConnection
 
 LOOKUP_KEY = "SELECT tenant_id, tenant_name, key_hash FROM api_key_lookup($1)"
 
@@ -48,33 +48,33 @@ class KeyInfo:
     revoked_at: datetime | None
 
 
-async def find_key(conn: asyncpg.Connection, *, prefix: str) -> StoredKey | None:
+async def find_key(conn: AnyConnection, *, prefix: str) -> StoredKey | None:
     row = await conn.fetchrow(LOOKUP_KEY, prefix)
     if row is None:
         return None
-    return StoredKey(tenant_id=row["tenant_id"], tenant_name=row["tenant_name"], key_hash=row["key_hash"])
+    return StoredKey(
+        tenant_id=row["tenant_id"], tenant_name=row["tenant_name"], key_hash=row["key_hash"]
+    )
 
 
-async def upsert_tenant(conn: asyncpg.Connection, *, name: str) -> UUID:
+async def upsert_tenant(conn: AnyConnection, *, name: str) -> UUID:
     tenant_id: UUID = await conn.fetchval(UPSERT_TENANT, name)
     return tenant_id
 
 
-async def insert_key(
-    conn: asyncpg.Connection, *, tenant_id: UUID, prefix: str, key_hash: bytes
-) -> None:
+async def insert_key(conn: AnyConnection, *, tenant_id: UUID, prefix: str, key_hash: bytes) -> None:
     await conn.execute(INSERT_KEY, tenant_id, prefix, key_hash)
 
 
-async def list_keys(conn: asyncpg.Connection) -> list[KeyInfo]:
+async def list_keys(conn: AnyConnection) -> list[KeyInfo]:
     rows = await conn.fetch(LIST_KEYS)
     return [KeyInfo(**dict(row)) for row in rows]
 
 
-async def revoke_key(conn: asyncpg.Connection, *, prefix: str) -> bool:
+async def revoke_key(conn: AnyConnection, *, prefix: str) -> bool:
     return await conn.fetchval(REVOKE_KEY, prefix) is not None
 
 
-async def count_keys(conn: asyncpg.Connection) -> int:
+async def count_keys(conn: AnyConnection) -> int:
     count: int = await conn.fetchval(COUNT_KEYS)
     return count

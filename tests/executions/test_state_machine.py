@@ -18,8 +18,8 @@ def new_key() -> str:
     return f"key-{uuid.uuid4()}"
 
 
-async def wait_for_calls(n8n: FakeN8n, key: str, count: int, *, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for_calls(n8n: FakeN8n, key: str, count: int, *, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
     while len(n8n.calls_for(key)) < count:
         assert time.monotonic() < deadline, f"n8n saw {len(n8n.calls_for(key))} calls for {key}"
         await asyncio.sleep(0.005)
@@ -59,13 +59,17 @@ async def test_fifty_concurrent_requests_with_one_key_call_n8n_once(
     key = new_key()
 
     async def send() -> httpx.Response:
-        return await client.post("/webhook/echo", json={"charge": 100}, headers={"Idempotency-Key": key})
+        return await client.post(
+            "/webhook/echo", json={"charge": 100}, headers={"Idempotency-Key": key}
+        )
 
     responses = await asyncio.gather(*(send() for _ in range(50)))
     assert len(n8n.calls_for(key)) == 1
     outcomes = Counter(
-        "fresh" if r.status_code == 200 and "idempotent-replayed" not in r.headers
-        else "replay" if r.status_code == 200
+        "fresh"
+        if r.status_code == 200 and "idempotent-replayed" not in r.headers
+        else "replay"
+        if r.status_code == 200
         else r.status_code
         for r in responses
     )

@@ -149,8 +149,10 @@ async def test_two_key_headers_are_400(client: httpx.AsyncClient) -> None:
     ],
 )
 async def test_key_reused_for_another_request_is_422(
-    client: httpx.AsyncClient, n8n: FakeN8n,
-    first: tuple[str, str, bytes], second: tuple[str, str, bytes],
+    client: httpx.AsyncClient,
+    n8n: FakeN8n,
+    first: tuple[str, str, bytes],
+    second: tuple[str, str, bytes],
 ) -> None:
     key = new_key()
     headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
@@ -213,7 +215,9 @@ async def test_paths_with_several_segments_and_a_trailing_slash_are_forwarded(
     client: httpx.AsyncClient, n8n: FakeN8n
 ) -> None:
     key = new_key()
-    response = await client.post("/webhook/orders/42/items/", json={}, headers={"Idempotency-Key": key})
+    response = await client.post(
+        "/webhook/orders/42/items/", json={}, headers={"Idempotency-Key": key}
+    )
     assert response.status_code == 404  # the fake registers no such path; n8n's 404 comes back
     assert n8n.calls_for(key)[0].path == "orders/42/items"
     status = (await client.get(f"/v1/executions/{key}")).json()
@@ -236,6 +240,8 @@ async def test_body_over_the_limit_is_413_and_not_forwarded(
             "/webhook/echo", content=b"x" * 1025, headers={"Idempotency-Key": key}
         )
         assert_problem(response, 413, "payload-too-large")
-        ok = await small.post("/webhook/echo", json={"fits": True}, headers={"Idempotency-Key": key})
+        ok = await small.post(
+            "/webhook/echo", json={"fits": True}, headers={"Idempotency-Key": key}
+        )
         assert ok.status_code == 200
     assert len(n8n.calls_for(key)) == 1

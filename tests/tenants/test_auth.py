@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
-import httpx
 import pytest
 
 from app.tenants import repo
@@ -16,7 +15,14 @@ from tests.problems import assert_problem
 
 @pytest.mark.parametrize(
     "authorization",
-    [None, "", "Basic dXNlcjpwYXNz", "Bearer", "Bearer nonsense", "Bearer n8ng_000000000000_" + "x" * 43],
+    [
+        None,
+        "",
+        "Basic dXNlcjpwYXNz",
+        "Bearer",
+        "Bearer nonsense",
+        "Bearer n8ng_000000000000_" + "x" * 43,
+    ],
 )
 async def test_every_api_endpoint_needs_a_valid_key(
     make_client: ClientFactory, n8n: FakeN8n, authorization: str | None
@@ -38,7 +44,9 @@ async def test_every_api_endpoint_needs_a_valid_key(
     assert n8n.calls_for(key) == []
 
 
-async def test_a_key_with_a_wrong_secret_is_refused(make_client: ClientFactory, api_key: str) -> None:
+async def test_a_key_with_a_wrong_secret_is_refused(
+    make_client: ClientFactory, api_key: str
+) -> None:
     tampered = api_key[:-4] + ("AAAA" if not api_key.endswith("AAAA") else "BBBB")
     async with make_client(api_key=tampered) as client:
         assert_problem(await client.get("/v1/executions"), 401, "unauthorized")
