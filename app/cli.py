@@ -95,6 +95,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             workers=args.workers,
             proxy_headers=True,
             server_header=False,
+            access_log=settings.access_log,
         )
     return 0
 

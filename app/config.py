@@ -29,10 +29,13 @@ class Settings(BaseSettings):
     n8n_timeout_seconds: float = Field(default=300.0, gt=0)
     n8n_max_connections: int = Field(default=100, ge=1)
 
+    access_log: bool = True
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     lease_margin_seconds: float = Field(default=30.0, ge=0)
     retry_after_seconds: int = Field(default=1, ge=1)
     auth_cache_seconds: float = Field(default=5.0, ge=0)
+    replay_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    replay_cache_seconds: float = Field(default=300.0, ge=0)
     list_max_limit: int = Field(default=200, ge=1, le=10_000)
 
     @field_validator("database_url", mode="before")

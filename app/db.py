@@ -7,7 +7,6 @@ that forgot its tenant filter still sees only that tenant's rows.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from uuid import UUID
@@ -31,18 +30,17 @@ Pool = asyncpg.Pool
 # Errors that mean "the database cannot be reached right now", as opposed to a bug in a query.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
+    TimeoutError,
     asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
-    TimeoutError,
+    asyncpg.TooManyConnectionsError,
 )
 
 
 async def _init_connection(conn: Connection) -> None:
     await conn.execute(SET_APP_ROLE)
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
 async def _keep_session(conn: Connection) -> None:
@@ -75,7 +73,8 @@ async def tenant_transaction(pool: Pool, tenant_id: UUID) -> AsyncIterator[Poole
 
 @asynccontextmanager
 async def connection(pool: Pool) -> AsyncIterator[PooledConnection]:
-    """A connection for statements that need no tenant (auth lookup, health)."""
+    """A connection for statements that need no tenant (auth lookup, health) or that set it
+    for their own transaction (the trigger-path functions of migration 0002)."""
     async with _unavailable_as_503(), pool.acquire() as conn:
         yield conn
 

@@ -21,7 +21,7 @@ class Services:
     executions: ExecutionService
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:  # async: sync deps run in a thread
     services: Services = request.state.services
     return services
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -18,53 +18,15 @@ _COLUMNS = """
     last_error_type, last_error_detail, created_at, updated_at, started_at, finished_at
 """
 
-# One statement decides who runs: the INSERT claims a new key; on conflict it does nothing and
-# the second branch returns the existing row. If that row was committed after this statement's
-# snapshot, neither branch returns anything and the caller reads it with FIND_BY_KEY.
-CLAIM = f"""
-WITH claimed AS (
-    INSERT INTO executions (
-        tenant_id, idempotency_key, fingerprint, method, mode, workflow_path,
-        status, attempts, lease_expires_at, started_at
-    )
-    VALUES ($1, $2, $3, $4, $5, $6, 'running', 1, now() + make_interval(secs => $7), now())
-    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
-    RETURNING {_COLUMNS}
-)
-SELECT true AS claimed, * FROM claimed
-UNION ALL
-SELECT false AS claimed, {_COLUMNS}
-FROM executions
-WHERE tenant_id = $1 AND idempotency_key = $2 AND NOT EXISTS (SELECT FROM claimed)
-"""
+# The trigger path calls functions (migration 0002) that set the tenant for their own
+# transaction: one round trip each. They return (claimed, lease_expired, execution row).
+CLAIM = "SELECT claimed, lease_expired, execution FROM claim_execution($1, $2, $3, $4, $5, $6, $7)"
+RETAKE = "SELECT claimed, lease_expired, execution FROM retake_execution($1, $2, $3)"
+RECORD_OUTCOME = "SELECT record_execution_outcome($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 
 FIND_BY_KEY = f"""
 SELECT false AS claimed, {_COLUMNS}
 FROM executions WHERE tenant_id = $1 AND idempotency_key = $2
-"""
-
-# Takes over a failed execution, or a running one whose lease ran out. Under READ COMMITTED a
-# second taker waits for the first, re-checks the WHERE on the new row and matches nothing.
-RETAKE = f"""
-UPDATE executions
-SET status = 'running', attempts = attempts + 1,
-    lease_expires_at = now() + make_interval(secs => $3), started_at = now(),
-    finished_at = NULL, updated_at = now(),
-    response_status = NULL, response_content_type = NULL, response_headers = NULL,
-    response_body = NULL
-WHERE tenant_id = $1 AND idempotency_key = $2
-  AND (status = 'failed' OR (status = 'running' AND lease_expires_at < now()))
-RETURNING true AS claimed, {_COLUMNS}
-"""
-
-# Fenced by the attempt number: an attempt whose lease was taken over cannot overwrite the
-# attempt that took it.
-RECORD_OUTCOME = """
-UPDATE executions
-SET status = $4, response_status = $5, response_content_type = $6, response_headers = $7,
-    response_body = $8, last_error_type = $9, last_error_detail = $10,
-    lease_expires_at = NULL, finished_at = now(), updated_at = now()
-WHERE tenant_id = $1 AND id = $2 AND attempts = $3 AND status = 'running'
 """
 
 LIST_RECENT = f"""
@@ -94,7 +56,7 @@ class ExecutionRow:
     lease_expired: bool | None
     response_status: int | None
     response_content_type: str | None
-    response_headers: list[list[str]] | None
+    response_headers: str | None  # JSON: [[name, value], ...]
     response_body: bytes | None
     last_error_type: str | None
     last_error_detail: str | None
@@ -119,6 +81,13 @@ def _row(record: asyncpg.Record | None) -> ExecutionRow | None:
     return None if record is None else ExecutionRow(**dict(record))
 
 
+def _function_row(record: asyncpg.Record | None) -> ExecutionRow | None:
+    if record is None:
+        return None
+    columns = {name: value for name, value in record["execution"].items() if name != "tenant_id"}
+    return ExecutionRow(claimed=record["claimed"], lease_expired=record["lease_expired"], **columns)
+
+
 async def claim(
     conn: AnyConnection,
     *,
@@ -133,7 +102,7 @@ async def claim(
     record = await conn.fetchrow(
         CLAIM, tenant_id, key, fingerprint, method, mode, workflow_path, lease_seconds
     )
-    return _row(record)
+    return _function_row(record)
 
 
 async def find_by_key(conn: AnyConnection, *, tenant_id: UUID, key: str) -> ExecutionRow | None:
@@ -143,16 +112,14 @@ async def find_by_key(conn: AnyConnection, *, tenant_id: UUID, key: str) -> Exec
 async def retake(
     conn: AnyConnection, *, tenant_id: UUID, key: str, lease_seconds: float
 ) -> ExecutionRow | None:
-    return _row(await conn.fetchrow(RETAKE, tenant_id, key, lease_seconds))
+    return _function_row(await conn.fetchrow(RETAKE, tenant_id, key, lease_seconds))
 
 
 async def record_outcome(
     conn: AnyConnection, *, tenant_id: UUID, execution_id: int, attempt: int, outcome: Outcome
 ) -> bool:
-    headers: Any = (
-        None if outcome.response_headers is None else [list(h) for h in outcome.response_headers]
-    )
-    result: str = await conn.execute(
+    headers = None if outcome.response_headers is None else json.dumps(outcome.response_headers)
+    recorded: bool = await conn.fetchval(
         RECORD_OUTCOME,
         tenant_id,
         execution_id,
@@ -165,7 +132,7 @@ async def record_outcome(
         outcome.error_type,
         outcome.error_detail,
     )
-    return result == "UPDATE 1"
+    return recorded
 
 
 async def list_recent(

@@ -9,6 +9,7 @@ failed, or running with its lease run out ──retake (attempts + 1)──▶ r
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Literal
@@ -23,6 +24,7 @@ from app.errors import (
     N8nTimeout,
 )
 from app.executions import repo
+from app.executions.cache import CompletedExecutions
 from app.executions.trigger import TriggerRequest, location_for
 from app.forwarding.client import N8nClient, N8nResponse
 from app.tenants.service import Tenant
@@ -56,12 +58,23 @@ class ExecutionService:
     n8n: N8nClient
     settings: Settings
     _in_flight: set[asyncio.Task[GatewayAnswer]] = field(default_factory=set)
+    _completed: CompletedExecutions = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._completed = CompletedExecutions(
+            max_bytes=self.settings.replay_cache_bytes,
+            ttl_seconds=self.settings.replay_cache_seconds,
+        )
 
     async def trigger(
         self, *, tenant: Tenant, request: TriggerRequest, client_host: str | None
     ) -> GatewayAnswer:
+        cached = self._completed.get(tenant.id, request.key)
+        if cached is not None and self._should_replay(cached, request):
+            return replay_answer(cached)
         row = await self._claim_or_decide(tenant=tenant, request=request)
         if not row.claimed:
+            self._completed.put(tenant.id, row)
             return replay_answer(row)
         # Once claimed, the forward and its record must finish even if the client goes away.
         task = asyncio.create_task(
@@ -110,7 +123,7 @@ class ExecutionService:
     ) -> repo.ExecutionRow:
         """Claim the key (a claimed row), or return the completed row to replay, or raise."""
         for _ in range(MAX_DECISION_ROUNDS):
-            async with db.tenant_transaction(self.pool, tenant.id) as conn:
+            async with db.connection(self.pool) as conn:
                 row = await repo.claim(
                     conn,
                     tenant_id=tenant.id,
@@ -120,8 +133,8 @@ class ExecutionService:
                     mode=request.mode,
                     workflow_path=request.workflow_path,
                     lease_seconds=self.settings.lease_seconds,
-                ) or await repo.find_by_key(conn, tenant_id=tenant.id, key=request.key)
-                if row is None:  # deleted between the two statements; claim again
+                )
+                if row is None:  # deleted between the function's two statements; claim again
                     continue
                 if row.claimed or self._should_replay(row, request):
                     return row
@@ -187,7 +200,7 @@ class ExecutionService:
 
     async def _record(self, tenant: Tenant, row: repo.ExecutionRow, outcome: repo.Outcome) -> None:
         try:
-            async with db.tenant_transaction(self.pool, tenant.id) as conn:
+            async with db.connection(self.pool) as conn:
                 recorded = await repo.record_outcome(
                     conn,
                     tenant_id=tenant.id,
@@ -211,7 +224,7 @@ def replay_answer(row: repo.ExecutionRow) -> GatewayAnswer:
     return GatewayAnswer(
         status=row.response_status,
         content_type=row.response_content_type,
-        headers=[(name, value) for name, value in row.response_headers or []],
+        headers=[(name, value) for name, value in json.loads(row.response_headers or "[]")],
         body=row.response_body or b"",
         replayed=True,
     )

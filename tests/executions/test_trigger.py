@@ -245,3 +245,18 @@ async def test_body_over_the_limit_is_413_and_not_forwarded(
         )
         assert ok.status_code == 200
     assert len(n8n.calls_for(key)) == 1
+
+
+async def test_a_key_reused_after_its_replay_was_cached_is_still_422(
+    client: httpx.AsyncClient, n8n: FakeN8n
+) -> None:
+    key = new_key()
+    headers = {"Idempotency-Key": key}
+    await client.post("/webhook/echo", json={"a": 1}, headers=headers)
+    for _ in range(2):  # the first replay reads the database, the second the process cache
+        replay = await client.post("/webhook/echo", json={"a": 1}, headers=headers)
+        assert replay.headers["idempotent-replayed"] == "true"
+        assert replay.json()["received"] == {"a": 1}
+    reused = await client.post("/webhook/echo", json={"a": 2}, headers=headers)
+    assert_problem(reused, 422, "idempotency-key-reused")
+    assert len(n8n.calls_for(key)) == 1

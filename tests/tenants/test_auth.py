@@ -68,15 +68,20 @@ async def test_tenants_never_see_or_replay_each_others_executions(
     make_client: ClientFactory, database_url: str, n8n: FakeN8n
 ) -> None:
     shared_key = f"shared-{uuid.uuid4()}"
-    headers = {"Idempotency-Key": shared_key}
     key_a, key_b = await new_api_key(database_url), await new_api_key(database_url)
-    async with make_client(api_key=key_a) as tenant_a, make_client(api_key=key_b) as tenant_b:
-        a = await tenant_a.post("/webhook/echo", json={"tenant": "a"}, headers=headers)
-        assert (await tenant_b.get(f"/v1/executions/{shared_key}")).status_code == 404
-        assert (await tenant_b.get("/v1/executions")).json()["items"] == []
+    as_a = {"Authorization": f"Bearer {key_a}", "Idempotency-Key": shared_key}
+    as_b = {"Authorization": f"Bearer {key_b}", "Idempotency-Key": shared_key}
+    async with make_client(api_key=None) as gateway:  # one process: one cache for both
+        a = await gateway.post("/webhook/echo", json={"tenant": "a"}, headers=as_a)
+        for _ in range(2):  # tenant A's execution is now in the process's replay cache too
+            await gateway.post("/webhook/echo", json={"tenant": "a"}, headers=as_a)
+        assert (await gateway.get(f"/v1/executions/{shared_key}", headers=as_b)).status_code == 404
+        assert (await gateway.get("/v1/executions", headers=as_b)).json()["items"] == []
 
-        b = await tenant_b.post("/webhook/echo", json={"tenant": "b"}, headers=headers)
+        b = await gateway.post("/webhook/echo", json={"tenant": "b"}, headers=as_b)
         assert "idempotent-replayed" not in b.headers
         assert b.json()["received"] == {"tenant": "b"}
         assert a.json()["received"] == {"tenant": "a"}
+        again_b = await gateway.post("/webhook/echo", json={"tenant": "b"}, headers=as_b)
+        assert again_b.json()["received"] == {"tenant": "b"}
     assert len(n8n.calls_for(shared_key)) == 2
