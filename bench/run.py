@@ -1,14 +1,14 @@
 """Throughput and latency of the gateway, against the same load sent straight to a fake n8n.
 
-    python bench/run.py [--seconds 5] [--workers 2]
+    scripts/bench [--seconds 5] [--workers 2]
 
-Starts a fast fake n8n and `n8n-gate serve` (DATABASE_URL's server when set, else the embedded
-server in a temporary directory), then measures, at 1 and 32 concurrent connections:
-  direct   POST straight to the fake n8n
-  new-key  triggers through the gateway, a new Idempotency-Key each
-  replay   triggers through the gateway with keys that already completed
-Every phase runs in this one invocation, so the ratios between them are meaningful even on a
-noisy machine. Prints a Markdown table.
+Starts a fast fake n8n and `n8n-gate serve` (on DATABASE_URL's server when set, else on the
+embedded server in a temporary directory), then measures at 1 and 32 concurrent connections:
+  direct            POST straight to the fake n8n
+  gateway, new key  triggers through the gateway, a new Idempotency-Key each
+  gateway, replay   triggers through the gateway with keys that already completed
+All phases run in one invocation, so their ratios hold even on a noisy machine.
+Prints a Markdown table for the README.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import asyncio
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,20 +33,21 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = b'{"event":"charge.succeeded","amount":4200}'
+Headers = dict[str, str]
+HeadersFor = Callable[[int, int], Headers]
 
 
 @dataclass(frozen=True)
 class Result:
     name: str
     concurrency: int
-    requests: int
     seconds: float
     latencies_ms: list[float]
     errors: int
 
     @property
     def throughput(self) -> float:
-        return self.requests / self.seconds
+        return len(self.latencies_ms) / self.seconds
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies_ms)
@@ -60,38 +61,33 @@ def free_port() -> int:
         return port
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], deadline_seconds: float = 60) -> None:
-    import urllib.request
+@contextmanager
+def running(args: list[str], env: dict[str, str], ready_url: str) -> Iterator[None]:
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(ready_url, proc)
+            yield
+        finally:
+            proc.terminate()
+            proc.wait(30)
 
-    deadline = time.monotonic() + deadline_seconds
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{process.args} exited with {process.returncode}")
+        if proc.poll() is not None:
+            raise SystemExit(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback only
                 return
         except OSError:
             time.sleep(0.1)
-    raise SystemExit(f"{url} not ready")
-
-
-@contextmanager
-def process(
-    args: list[str], env: dict[str, str], ready_url: str
-) -> Iterator[subprocess.Popen[bytes]]:
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_ready(ready_url, proc)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+    raise SystemExit(f"{url} was not ready within 60 s")
 
 
 async def load(
-    name: str, url: str, *, concurrency: int, seconds: float, headers_for: object
+    name: str, url: str, *, concurrency: int, seconds: float, headers_for: HeadersFor
 ) -> Result:
     latencies: list[float] = []
     errors = 0
@@ -103,156 +99,108 @@ async def load(
             nonlocal errors
             sequence = 0
             while time.perf_counter() < stop_at:
-                headers = headers_for(worker_id, sequence)  # type: ignore[operator]
+                headers = headers_for(worker_id, sequence)
                 sequence += 1
                 started = time.perf_counter()
                 async with session.post(url, data=BODY, headers=headers) as response:
                     await response.read()
-                    if response.status != 200:
-                        errors += 1
+                    errors += response.status != 200
                 latencies.append((time.perf_counter() - started) * 1000)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return Result(name, concurrency, len(latencies), elapsed, latencies, errors)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
-
-    n8n_port, gate_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATE_")}
-    data_dir = tempfile.mkdtemp(prefix="n8n-gate-bench-")
-    os.chmod(data_dir, 0o755)
-    env.update(
-        N8N_BASE_URL=f"http://127.0.0.1:{n8n_port}",
-        GATE_DATA_DIR=data_dir,
-        GATE_DB_POOL_MAX_SIZE="20",
-    )
-    if env.get("DATABASE_URL"):
-        subprocess.run([sys.executable, "-m", "app", "migrate"], env=env, cwd=ROOT, check=True)
-    fake = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "bench.fast_n8n:app",
-        "--port",
-        str(n8n_port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
-    gate = [
-        sys.executable,
-        "-m",
-        "app",
-        "serve",
-        "--port",
-        str(gate_port),
-        "--workers",
-        str(args.workers),
-    ]
-    with process(fake, env, f"http://127.0.0.1:{n8n_port}/webhook/x") as _:
-        created = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "app",
-                "keys",
-                "create",
-                "--tenant",
-                f"bench-{uuid.uuid4().hex[:8]}",
-            ],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        api_key = created.stdout.strip().split(": ")[1]
-        with process(
-            gate, {**env, "GATE_ACCESS_LOG": "false"}, f"http://127.0.0.1:{gate_port}/readyz"
-        ):
-            results = asyncio.run(run_phases(n8n_port, gate_port, api_key, args.seconds))
-    print_report(results, args)
+    return Result(name, concurrency, elapsed, latencies, errors)
 
 
 async def run_phases(n8n_port: int, gate_port: int, api_key: str, seconds: float) -> list[Result]:
     direct_url = f"http://127.0.0.1:{n8n_port}/webhook/bench"
     gate_url = f"http://127.0.0.1:{gate_port}/webhook/bench"
     auth = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
-    run_id = uuid.uuid4().hex[:8]
-    replay_keys = [f"replay-{run_id}-{i}" for i in range(256)]
+    run = uuid.uuid4().hex[:8]
+    replay_keys = [f"replay-{run}-{i}" for i in range(256)]
 
-    def direct(worker: int, seq: int) -> dict[str, str]:
-        return {"Content-Type": "application/json", "Idempotency-Key": f"d-{worker}-{seq}"}
+    def direct(worker: int, sequence: int) -> Headers:
+        return {"Content-Type": "application/json", "Idempotency-Key": f"d-{worker}-{sequence}"}
 
-    def fresh(worker: int, seq: int) -> dict[str, str]:
-        return {**auth, "Idempotency-Key": f"new-{run_id}-{worker}-{seq}-{time.perf_counter_ns()}"}
+    def new_key(worker: int, sequence: int) -> Headers:
+        return {**auth, "Idempotency-Key": f"new-{run}-{worker}-{sequence}-{time.time_ns()}"}
 
-    def replay(worker: int, seq: int) -> dict[str, str]:
-        return {**auth, "Idempotency-Key": replay_keys[(worker * 7919 + seq) % len(replay_keys)]}
+    def replay(worker: int, sequence: int) -> Headers:
+        return {**auth, "Idempotency-Key": replay_keys[(worker * 7919 + sequence) % 256]}
 
-    await load("warm-up", gate_url, concurrency=8, seconds=1, headers_for=fresh)
+    await load("warm-up", gate_url, concurrency=8, seconds=1, headers_for=new_key)
     async with aiohttp.ClientSession() as session:  # complete every replay key once
         for key in replay_keys:
-            async with session.post(
-                gate_url, data=BODY, headers={**auth, "Idempotency-Key": key}
-            ) as response:
+            headers = {**auth, "Idempotency-Key": key}
+            async with session.post(gate_url, data=BODY, headers=headers) as response:
                 assert response.status == 200, await response.text()
-    results = []
-    for concurrency in (1, 32):
-        results.append(
-            await load(
-                "direct to fake n8n",
-                direct_url,
-                concurrency=concurrency,
-                seconds=seconds,
-                headers_for=direct,
-            )
-        )
-        results.append(
-            await load(
-                "gateway, new key",
-                gate_url,
-                concurrency=concurrency,
-                seconds=seconds,
-                headers_for=fresh,
-            )
-        )
-        results.append(
-            await load(
-                "gateway, replay",
-                gate_url,
-                concurrency=concurrency,
-                seconds=seconds,
-                headers_for=replay,
-            )
-        )
-    return results
+    phases: list[tuple[str, str, HeadersFor]] = [
+        ("direct to fake n8n", direct_url, direct),
+        ("gateway, new key", gate_url, new_key),
+        ("gateway, replay", gate_url, replay),
+    ]
+    return [
+        await load(name, url, concurrency=concurrency, seconds=seconds, headers_for=headers_for)
+        for concurrency in (1, 32)
+        for name, url, headers_for in phases
+    ]
 
 
 def print_report(results: list[Result], args: argparse.Namespace) -> None:
     print(
-        f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"gateway workers: {args.workers}; {args.seconds:g} s per phase\n"
+        f"\n{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"gateway workers: {args.workers}, {args.seconds:g} s per phase\n"
     )
-    print("| phase | connections | req/s | p50 ms | p99 ms | errors |")
+    print("| phase | connections | req/s | p50 ms | p99 ms | non-200 |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in results:
         print(
             f"| {r.name} | {r.concurrency} | {r.throughput:,.0f} | {r.percentile(0.5):.2f} | "
             f"{r.percentile(0.99):.2f} | {r.errors} |"
         )
-    by = {(r.name, r.concurrency): r for r in results}
-    added = by[("gateway, new key", 1)].percentile(0.5) - by[("direct to fake n8n", 1)].percentile(
-        0.5
+    by_phase = {(r.name, r.concurrency): r for r in results}
+    direct = by_phase[("direct to fake n8n", 1)].percentile(0.5)
+    added = by_phase[("gateway, new key", 1)].percentile(0.5) - direct
+    print(f"\np50 added by the gateway at 1 connection, new key: {added:.2f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    n8n_port, gate_port = free_port(), free_port()
+    data_dir = Path(tempfile.mkdtemp(prefix="n8n-gate-bench-"))
+    data_dir.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATE_")}
+    env.update(
+        N8N_BASE_URL=f"http://127.0.0.1:{n8n_port}",
+        GATE_DATA_DIR=str(data_dir),
+        GATE_ACCESS_LOG="false",
     )
-    print(f"\np50 added by the gateway at 1 connection (new key): {added:.2f} ms")
+    cli = [sys.executable, "-m", "app"]
+    fake = [sys.executable, "-m", "uvicorn", "bench.fast_n8n:app", "--port", str(n8n_port)]
+    fake += ["--log-level", "warning", "--no-access-log"]
+    gate = [*cli, "serve", "--port", str(gate_port), "--workers", str(args.workers)]
+    subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, check=True, capture_output=True)
+    tenant = f"bench-{uuid.uuid4().hex[:8]}"
+    created = subprocess.run(
+        [*cli, "keys", "create", "--tenant", tenant],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    api_key = created.stdout.strip().split(": ")[1]
+    with (
+        running(fake, env, f"http://127.0.0.1:{n8n_port}/webhook/ready"),
+        running(gate, env, f"http://127.0.0.1:{gate_port}/readyz"),
+    ):
+        results = asyncio.run(run_phases(n8n_port, gate_port, api_key, args.seconds))
+    print_report(results, args)
 
 
 if __name__ == "__main__":

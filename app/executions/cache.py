@@ -20,7 +20,9 @@ class CompletedExecutions:
     def __init__(self, *, max_bytes: int, ttl_seconds: float) -> None:
         self._max_bytes = max_bytes
         self._ttl_seconds = ttl_seconds
-        self._entries: OrderedDict[tuple[UUID, str], tuple[ExecutionRow, float, int]] = OrderedDict()
+        self._entries: OrderedDict[tuple[UUID, str], tuple[ExecutionRow, float, int]] = (
+            OrderedDict()
+        )
         self._bytes = 0
 
     def get(self, tenant_id: UUID, key: str) -> ExecutionRow | None:
