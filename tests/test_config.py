@@ -1,0 +1,24 @@
+"""Settings: .env.example documents every one, with its real default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.config import Settings, load_settings
+
+ENV_EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
+
+
+def env_name(field: str) -> str:
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else f"GATE_{field.upper()}"
+
+
+def test_env_example_names_every_setting() -> None:
+    text = ENV_EXAMPLE.read_text()
+    missing = [env_name(f) for f in Settings.model_fields if f"{env_name(f)}=" not in text]
+    assert missing == []
+
+
+def test_env_example_values_are_the_defaults() -> None:
+    assert load_settings(_env_file=ENV_EXAMPLE) == load_settings(_env_file=None)
