@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AnyHttpUrl, Field, ValidationError, field_validator
+from pydantic import AnyHttpUrl, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,7 +32,10 @@ class Settings(BaseSettings):
 
     access_log: bool = True
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
-    lease_margin_seconds: float = Field(default=30.0, ge=0)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    lease_renew_seconds: float = Field(default=10.0, gt=0)
+    unknown_outcome: Literal["retry", "refuse"] = "retry"
+    max_stored_body_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
     retry_after_seconds: int = Field(default=1, ge=1)
     auth_cache_seconds: float = Field(default=5.0, ge=0)
     replay_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
@@ -49,12 +53,11 @@ class Settings(BaseSettings):
             )
         return value
 
-    @property
-    def lease_seconds(self) -> float:
-        """How long a claim holds a key before a retry may take it over."""
-        return (
-            self.n8n_timeout_seconds + self.n8n_connect_timeout_seconds + self.lease_margin_seconds
-        )
+    @model_validator(mode="after")
+    def _renew_before_expiry(self) -> Settings:
+        if self.lease_renew_seconds >= self.lease_seconds:
+            raise ValueError("GATE_LEASE_RENEW_SECONDS must be shorter than GATE_LEASE_SECONDS")
+        return self
 
 
 class ConfigError(Exception):
@@ -70,7 +73,9 @@ def load_settings(**overrides: object) -> Settings:
 
 def _describe(exc: ValidationError) -> str:
     first = exc.errors()[0]
-    name = str(first["loc"][0]) if first["loc"] else "settings"
+    if not first["loc"]:
+        return f"invalid settings: {first['msg']}"
+    name = str(first["loc"][0])
     env_name = name.upper() if name.isupper() or name in _UNPREFIXED else f"GATE_{name.upper()}"
     return f"invalid setting {env_name}: {first['msg']} (got {first.get('input')!r})"
 

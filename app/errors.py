@@ -123,6 +123,12 @@ class ExecutionInFlight(GateError):
     title = "A request with this idempotency key is still running"
 
 
+class OutcomeUnknown(GateError):
+    status_code = 409
+    slug = "execution-outcome-unknown"
+    title = "The first request may have run; it is not run again"
+
+
 class PayloadTooLarge(GateError):
     status_code = 413
     slug = "payload-too-large"
@@ -141,7 +147,17 @@ class InternalError(GateError):
     title = "Internal error"
 
 
-class N8nUnreachable(GateError):
+class ForwardFailed(GateError):
+    """n8n gave no usable answer. `cause` is what the attempt records; `maybe_ran` is true when
+    the request may have reached n8n (so the workflow may have run)."""
+
+    def __init__(self, detail: str, *, cause: str, maybe_ran: bool) -> None:
+        super().__init__(detail)
+        self.cause = cause
+        self.maybe_ran = maybe_ran
+
+
+class N8nUnreachable(ForwardFailed):
     status_code = 502
     slug = "n8n-unreachable"
     title = "n8n could not be reached"
@@ -153,7 +169,7 @@ class DatabaseUnavailable(GateError):
     title = "Database unavailable"
 
 
-class N8nTimeout(GateError):
+class N8nTimeout(ForwardFailed):
     status_code = 504
     slug = "n8n-timeout"
     title = "n8n did not answer in time"

@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import uvicorn
@@ -48,3 +48,24 @@ def serve_in_thread(app: Any, *, timeout: float = 10.0) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout)
         sock.close()
+
+
+@contextmanager
+def blackhole_port() -> Iterator[int]:
+    """A port whose accept queue is full: connecting to it hangs until the client gives up."""
+    server = loopback_socket()
+    server.listen(0)
+    port = server.getsockname()[1]
+    queued = []
+    for _ in range(4):
+        client = socket.socket()
+        client.setblocking(False)
+        with suppress(BlockingIOError):
+            client.connect(("127.0.0.1", port))
+        queued.append(client)
+    try:
+        yield port
+    finally:
+        for client in queued:
+            client.close()
+        server.close()

@@ -15,14 +15,25 @@ _COLUMNS = """
     id, idempotency_key, fingerprint, method, mode, workflow_path, status, attempts,
     lease_expires_at, lease_expires_at < now() AS lease_expired,
     response_status, response_content_type, response_headers, response_body,
-    last_error_type, last_error_detail, created_at, updated_at, started_at, finished_at
+    response_body_bytes, outcome_unknown, last_error_type, last_error_detail,
+    created_at, updated_at, started_at, finished_at
 """
 
 # The trigger path calls functions (migration 0002) that set the tenant for their own
 # transaction: one round trip each. They return (claimed, lease_expired, execution row).
 CLAIM = "SELECT claimed, lease_expired, execution FROM claim_execution($1, $2, $3, $4, $5, $6, $7)"
 RETAKE = "SELECT claimed, lease_expired, execution FROM retake_execution($1, $2, $3)"
-RECORD_OUTCOME = "SELECT record_execution_outcome($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+RECORD_OUTCOME = (
+    "SELECT record_execution_outcome($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+)
+RENEW_LEASE = "SELECT renew_execution_lease($1, $2, $3, $4)"
+
+LIST_ATTEMPTS = """
+SELECT attempt, started_at, ended_at, outcome, n8n_status, error_type, error_detail
+FROM execution_attempts
+WHERE tenant_id = $1 AND execution_id = $2
+ORDER BY attempt
+"""
 
 FIND_BY_KEY = f"""
 SELECT false AS claimed, {_COLUMNS}
@@ -58,6 +69,8 @@ class ExecutionRow:
     response_content_type: str | None
     response_headers: str | None  # JSON: [[name, value], ...]
     response_body: bytes | None
+    response_body_bytes: int | None
+    outcome_unknown: bool
     last_error_type: str | None
     last_error_detail: str | None
     created_at: datetime
@@ -73,8 +86,21 @@ class Outcome:
     response_content_type: str | None = None
     response_headers: list[tuple[str, str]] | None = None
     response_body: bytes | None = None
+    response_body_bytes: int | None = None
     error_type: str | None = None
     error_detail: str | None = None
+    outcome_unknown: bool = False
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    attempt: int
+    started_at: datetime
+    ended_at: datetime | None
+    outcome: str | None
+    n8n_status: int | None
+    error_type: str | None
+    error_detail: str | None
 
 
 def _row(record: asyncpg.Record | None) -> ExecutionRow | None:
@@ -129,10 +155,28 @@ async def record_outcome(
         outcome.response_content_type,
         headers,
         outcome.response_body,
+        outcome.response_body_bytes,
         outcome.error_type,
         outcome.error_detail,
+        outcome.outcome_unknown,
     )
     return recorded
+
+
+async def renew_lease(
+    conn: AnyConnection, *, tenant_id: UUID, execution_id: int, attempt: int, lease_seconds: float
+) -> bool:
+    renewed: bool = await conn.fetchval(
+        RENEW_LEASE, tenant_id, execution_id, attempt, lease_seconds
+    )
+    return renewed
+
+
+async def list_attempts(
+    conn: AnyConnection, *, tenant_id: UUID, execution_id: int
+) -> list[AttemptRow]:
+    records = await conn.fetch(LIST_ATTEMPTS, tenant_id, execution_id)
+    return [AttemptRow(**dict(record)) for record in records]
 
 
 async def list_recent(

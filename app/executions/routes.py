@@ -46,8 +46,8 @@ async def trigger_test(request: Request) -> Response:
 
 @router.get("/v1/executions/{key:path}", response_model=Execution, tags=["executions"])
 async def get_execution(key: str, services: ServicesDep, tenant: CurrentTenant) -> Execution:
-    row = await services.executions.get(tenant=tenant, key=key)
-    return execution_of(row)
+    detail = await services.executions.get(tenant=tenant, key=key)
+    return execution_of(detail.row, detail.attempts)
 
 
 @router.get("/v1/executions", response_model=ExecutionPage, tags=["executions"])

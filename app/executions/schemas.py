@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from app.errors import InvalidRequest
-from app.executions.repo import ExecutionRow
+from app.executions.repo import AttemptRow, ExecutionRow
 
 CURSOR_VERSION = "v1"
 
@@ -22,12 +22,28 @@ class RecordedResponse(BaseModel):
     body_encoding: Literal["utf-8", "base64"] = Field(
         description="utf-8 for text bodies, base64 for anything that is not valid UTF-8 text."
     )
-    body_bytes: int
+    body_bytes: int = Field(description="Size of n8n's answer; more than stored when truncated.")
+    truncated: bool = Field(description="Only the first GATE_MAX_STORED_BODY_BYTES were kept.")
 
 
 class ExecutionError(BaseModel):
-    type: str = Field(description="n8n-unreachable, n8n-timeout, n8n-error or n8n-not-registered")
+    type: str = Field(
+        description="n8n-connection-refused, n8n-dns-failure, n8n-connect-timeout, "
+        "n8n-read-timeout, n8n-connection-lost, n8n-error (5xx), n8n-not-registered, abandoned"
+    )
     detail: str | None
+
+
+class Attempt(BaseModel):
+    attempt: int
+    started_at: datetime
+    ended_at: datetime | None
+    outcome: Literal["completed", "failed", "abandoned"] | None = Field(
+        description="null while the attempt runs"
+    )
+    n8n_status: int | None
+    error: ExecutionError | None
+    duration_ms: float | None
 
 
 class ExecutionSummary(BaseModel):
@@ -47,8 +63,12 @@ class ExecutionSummary(BaseModel):
 
 class Execution(ExecutionSummary):
     lease_expires_at: datetime | None
+    outcome_unknown: bool = Field(
+        description="The last attempt reached n8n but no answer came back: it may have run."
+    )
     response: RecordedResponse | None
     last_error: ExecutionError | None
+    attempt_history: list[Attempt]
 
 
 class ExecutionPage(BaseModel):
@@ -60,15 +80,35 @@ def summary_of(row: ExecutionRow) -> ExecutionSummary:
     return ExecutionSummary(**_summary_fields(row))
 
 
-def execution_of(row: ExecutionRow) -> Execution:
+def execution_of(row: ExecutionRow, attempts: list[AttemptRow]) -> Execution:
     return Execution(
         **_summary_fields(row),
         lease_expires_at=row.lease_expires_at,
+        outcome_unknown=row.outcome_unknown,
         response=_recorded_response(row),
         last_error=ExecutionError(type=row.last_error_type, detail=row.last_error_detail)
         if row.last_error_type
         else None,
+        attempt_history=[_attempt(attempt) for attempt in attempts],
     )
+
+
+def _attempt(row: AttemptRow) -> Attempt:
+    return Attempt(
+        attempt=row.attempt,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        outcome=row.outcome,
+        n8n_status=row.n8n_status,
+        error=ExecutionError(type=row.error_type, detail=row.error_detail)
+        if row.error_type
+        else None,
+        duration_ms=_milliseconds(row.started_at, row.ended_at),
+    )
+
+
+def _milliseconds(start: datetime | None, end: datetime | None) -> float | None:
+    return (end - start).total_seconds() * 1000 if start and end else None
 
 
 def encode_cursor(before_id: int) -> str:
@@ -90,11 +130,7 @@ def decode_cursor(cursor: str) -> int:
 
 
 def _summary_fields(row: ExecutionRow) -> dict[str, object]:
-    duration = (
-        (row.finished_at - row.started_at).total_seconds() * 1000
-        if row.finished_at and row.started_at
-        else None
-    )
+    duration = _milliseconds(row.started_at, row.finished_at)
     return {
         "key": row.idempotency_key,
         "workflow": row.workflow_path,
@@ -124,5 +160,6 @@ def _recorded_response(row: ExecutionRow) -> RecordedResponse | None:
         content_type=row.response_content_type,
         body=text,
         body_encoding=encoding,
-        body_bytes=len(body),
+        body_bytes=row.response_body_bytes if row.response_body_bytes is not None else len(body),
+        truncated=row.response_body_bytes is not None and row.response_body_bytes > len(body),
     )

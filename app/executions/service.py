@@ -1,14 +1,21 @@
 """The execution state machine: the one place that decides what a trigger does.
 
-(new key) ──claim──▶ running ──n8n answered, final──▶ completed ──(retries replay)
-                        │
-                        └──unreachable / timeout / 5xx / not registered──▶ failed
-failed, or running with its lease run out ──retake (attempts + 1)──▶ running
+    (new key) ──claim──▶ running ──n8n answered, final──▶ completed ──(retries replay)
+                            │
+                            └──unreachable / timeout / 5xx / not registered──▶ failed
+    failed, or running with its lease run out ──retake (attempts + 1)──▶ running
+
+While an attempt runs, its process renews the lease; a process that dies stops renewing, and
+the next request after the lease ran out takes the execution over (the attempt is "abandoned").
+When n8n may have run the workflow without the gateway learning the outcome (read timeout,
+connection lost, abandoned attempt), GATE_UNKNOWN_OUTCOME decides: "retry" runs it again
+(at-least-once), "refuse" answers 409 execution-outcome-unknown (at-most-once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -19,9 +26,10 @@ from app.config import Settings
 from app.errors import (
     ExecutionInFlight,
     ExecutionNotFound,
+    ForwardFailed,
     GateError,
     IdempotencyKeyReused,
-    N8nTimeout,
+    OutcomeUnknown,
 )
 from app.executions import repo
 from app.executions.cache import CompletedExecutions
@@ -33,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 Status = Literal["pending", "running", "completed", "failed"]
 MAX_DECISION_ROUNDS = 3
+TRUNCATED_HEADER = "N8n-Gate-Body-Truncated"
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,12 @@ class GatewayAnswer:
 class Page:
     items: list[repo.ExecutionRow]
     next_before_id: int | None
+
+
+@dataclass(frozen=True)
+class ExecutionDetail:
+    row: repo.ExecutionRow
+    attempts: list[repo.AttemptRow]
 
 
 @dataclass
@@ -89,12 +104,15 @@ class ExecutionService:
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=grace_seconds)
 
-    async def get(self, *, tenant: Tenant, key: str) -> repo.ExecutionRow:
+    async def get(self, *, tenant: Tenant, key: str) -> ExecutionDetail:
         async with db.tenant_transaction(self.pool, tenant.id) as conn:
             row = await repo.find_by_key(conn, tenant_id=tenant.id, key=key)
-        if row is None:
-            raise ExecutionNotFound(f"No execution with Idempotency-Key {key!r} for this API key.")
-        return row
+            if row is None:
+                raise ExecutionNotFound(
+                    f"No execution with Idempotency-Key {key!r} for this API key."
+                )
+            attempts = await repo.list_attempts(conn, tenant_id=tenant.id, execution_id=row.id)
+        return ExecutionDetail(row=row, attempts=attempts)
 
     async def list_recent(
         self,
@@ -161,13 +179,22 @@ class ExecutionService:
             )
         if row.status == "completed":
             return True
-        if row.status == "failed" or (row.status == "running" and row.lease_expired):
-            return False
-        raise ExecutionInFlight(
-            "The first request with this Idempotency-Key is still running. Retry after a "
-            "moment to get its result, or ask the Location for its status.",
-            headers=self._retry_headers(request.key),
-        )
+        abandoned = row.status == "running" and bool(row.lease_expired)
+        if row.status != "failed" and not abandoned:
+            raise ExecutionInFlight(
+                "The first request with this Idempotency-Key is still running. Retry after a "
+                "moment to get its result, or ask the Location for its status.",
+                headers=self._retry_headers(request.key),
+            )
+        if (row.outcome_unknown or abandoned) and self.settings.unknown_outcome == "refuse":
+            raise OutcomeUnknown(
+                "An earlier attempt reached n8n but its outcome never came back, so the "
+                "workflow may have run. This gateway does not run it again "
+                "(GATE_UNKNOWN_OUTCOME=refuse): check the execution in n8n, and send a new "
+                "Idempotency-Key if it did not run.",
+                headers={"Location": location_for(request.key)},
+            )
+        return False
 
     def _retry_headers(self, key: str) -> dict[str, str]:
         return {
@@ -183,19 +210,65 @@ class ExecutionService:
         row: repo.ExecutionRow,
         client_host: str | None,
     ) -> GatewayAnswer:
+        renewal = asyncio.create_task(self._renew_lease(tenant, row))
         try:
             response = await self.n8n.forward(request, client_host=client_host)
-        except GateError as exc:
+        except ForwardFailed as exc:
+            await self._stop(renewal)
             await self._record(tenant, row, _failure(exc))
             raise
-        outcome = _outcome(response)
-        await self._record(tenant, row, outcome)
+        except BaseException:
+            await self._stop(renewal)
+            raise
+        await self._stop(renewal)
+        await self._record(tenant, row, self._outcome(response))
         return GatewayAnswer(
             status=response.status,
             content_type=response.content_type,
             headers=response.headers,
             body=response.body,
             replayed=False,
+        )
+
+    async def _renew_lease(self, tenant: Tenant, row: repo.ExecutionRow) -> None:
+        """Keep the attempt's lease alive while its forward is in flight."""
+        while True:
+            await asyncio.sleep(self.settings.lease_renew_seconds)
+            try:
+                async with db.connection(self.pool) as conn:
+                    held = await repo.renew_lease(
+                        conn,
+                        tenant_id=tenant.id,
+                        execution_id=row.id,
+                        attempt=row.attempts,
+                        lease_seconds=self.settings.lease_seconds,
+                    )
+            except GateError:
+                logger.warning("could not renew the lease of execution %s; will retry", row.id)
+                continue
+            if not held:
+                logger.warning("execution %s attempt %s lost its lease", row.id, row.attempts)
+                return
+
+    @staticmethod
+    async def _stop(task: asyncio.Task[None]) -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    def _outcome(self, response: N8nResponse) -> repo.Outcome:
+        failed = response.is_retryable
+        return repo.Outcome(
+            status="failed" if failed else "completed",
+            response_status=response.status,
+            response_content_type=response.content_type,
+            response_headers=response.headers,
+            response_body=response.body[: self.settings.max_stored_body_bytes],
+            response_body_bytes=len(response.body),
+            error_type=("n8n-not-registered" if response.is_not_registered else "n8n-error")
+            if failed
+            else None,
+            error_detail=f"n8n answered {response.status}" if failed else None,
         )
 
     async def _record(self, tenant: Tenant, row: repo.ExecutionRow, outcome: repo.Outcome) -> None:
@@ -210,7 +283,7 @@ class ExecutionService:
                 )
         except GateError:
             # n8n has answered and the client gets that answer; the row stays running until
-            # its lease runs out, after which a retry runs the workflow again (at-least-once).
+            # its lease runs out, after which the attempt counts as abandoned.
             logger.exception("could not record the outcome of execution %s", row.id)
             return
         if not recorded:
@@ -221,30 +294,23 @@ class ExecutionService:
 
 def replay_answer(row: repo.ExecutionRow) -> GatewayAnswer:
     assert row.response_status is not None
+    headers = [(name, value) for name, value in json.loads(row.response_headers or "[]")]
+    body = row.response_body or b""
+    if row.response_body_bytes is not None and row.response_body_bytes > len(body):
+        headers.append((TRUNCATED_HEADER, str(row.response_body_bytes)))
     return GatewayAnswer(
         status=row.response_status,
         content_type=row.response_content_type,
-        headers=[(name, value) for name, value in json.loads(row.response_headers or "[]")],
-        body=row.response_body or b"",
+        headers=headers,
+        body=body,
         replayed=True,
     )
 
 
-def _outcome(response: N8nResponse) -> repo.Outcome:
-    failed = response.is_retryable
+def _failure(exc: ForwardFailed) -> repo.Outcome:
     return repo.Outcome(
-        status="failed" if failed else "completed",
-        response_status=response.status,
-        response_content_type=response.content_type,
-        response_headers=response.headers,
-        response_body=response.body,
-        error_type=("n8n-not-registered" if response.is_not_registered else "n8n-error")
-        if failed
-        else None,
-        error_detail=f"n8n answered {response.status}" if failed else None,
+        status="failed",
+        error_type=exc.cause,
+        error_detail=exc.detail,
+        outcome_unknown=exc.maybe_ran,
     )
-
-
-def _failure(exc: GateError) -> repo.Outcome:
-    kind = exc.slug if not isinstance(exc, N8nTimeout) else "n8n-timeout"
-    return repo.Outcome(status="failed", error_type=kind, error_detail=exc.detail)

@@ -103,23 +103,38 @@ class N8nClient:
                     headers=end_to_end(response.headers.items(), drop=NOT_REPLAYED),
                     body=body,
                 )
-        except aiohttp.ClientConnectorError as exc:  # refused, DNS failure: n8n never got it
+        except aiohttp.ClientConnectorDNSError as exc:
+            raise N8nUnreachable(
+                f"Could not resolve n8n's host in {self._base_url}: {exc.os_error or exc}. "
+                "Check N8N_BASE_URL, then retry with the same key.",
+                cause="n8n-dns-failure",
+                maybe_ran=False,
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:  # refused, unreachable: n8n never got it
             raise N8nUnreachable(
                 f"Could not connect to n8n at {self._base_url}: {exc.os_error or exc}. "
-                "Check N8N_BASE_URL and that n8n is running, then retry with the same key."
+                "Check N8N_BASE_URL and that n8n is running, then retry with the same key.",
+                cause="n8n-connection-refused",
+                maybe_ran=False,
             ) from exc
         except aiohttp.ConnectionTimeoutError as exc:
             raise N8nTimeout(
-                f"Could not connect to n8n within {self._connect_timeout:g} s. "
-                "Retry with the same key."
+                f"Could not connect to n8n within {self._connect_timeout:g} s; nothing was "
+                "sent. Retry with the same key.",
+                cause="n8n-connect-timeout",
+                maybe_ran=False,
             ) from exc
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise N8nTimeout(
                 f"n8n did not answer within {self._timeout.total:g} s; the workflow may still "
-                "be running. Ask GET /v1/executions/{key} for its status before retrying."
+                "be running. Ask the Location for the execution's status before retrying.",
+                cause="n8n-read-timeout",
+                maybe_ran=True,
             ) from exc
         except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
             raise N8nUnreachable(
                 f"n8n closed the connection without a complete answer ({type(exc).__name__}); "
-                "the workflow may have run. Check the execution status before retrying."
+                "the workflow may have run. Ask the Location for the execution's status.",
+                cause="n8n-connection-lost",
+                maybe_ran=True,
             ) from exc

@@ -155,7 +155,8 @@ async def test_unreachable_n8n_is_502_and_the_key_runs_again_once_n8n_is_back(
     assert response.headers["location"] == f"/v1/executions/{key}"
     status = await status_of(client, key)
     assert status["status"] == "failed"
-    assert status["last_error"]["type"] == "n8n-unreachable"  # type: ignore[index]
+    assert status["last_error"]["type"] == "n8n-connection-refused"  # type: ignore[index]
+    assert status["outcome_unknown"] is False
 
     recovered = await client.post("/webhook/echo", json={"a": 1}, headers=headers)
     assert recovered.status_code == 200
@@ -172,7 +173,8 @@ async def test_a_slow_workflow_is_504_and_recorded_as_a_timeout(
         assert_problem(response, 504, "n8n-timeout")
         status = await status_of(impatient, key)
     assert status["status"] == "failed"
-    assert status["last_error"]["type"] == "n8n-timeout"  # type: ignore[index]
+    assert status["last_error"]["type"] == "n8n-read-timeout"  # type: ignore[index]
+    assert status["outcome_unknown"] is True
 
 
 async def test_a_failed_answer_stays_visible_in_the_status(client: httpx.AsyncClient) -> None:
