@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,7 +12,7 @@ import pytest
 from app.migrations import head_revision
 from tests.conftest import empty_database
 from tests.fake_n8n import FakeN8n
-from tests.servers import loopback_socket
+from tests.processes import Gateway, cli_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,11 +29,6 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
-
-
-def cli_env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("GATE_")}
-    return {**env, **values}
 
 
 def test_keys_create_list_and_revoke(database_url: str) -> None:
@@ -99,11 +90,6 @@ def test_migrate_brings_an_empty_database_to_head(database_url: str) -> None:
     assert f"schema is at {head_revision()}" in second.stdout
 
 
-class Gateway:
-    def __init__(self, process: subprocess.Popen[str], base_url: str, output: list[str]) -> None:
-        self.process, self.base_url, self.output = process, base_url, output
-
-
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "gate-data"
@@ -112,40 +98,16 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 def start_gateway(data_dir: Path, n8n_url: str) -> Gateway:
-    sock = loopback_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port)],
-        env=cli_env(GATE_DATA_DIR=str(data_dir), N8N_BASE_URL=n8n_url),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    output: list[str] = []
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, "".join(output) + (
-            process.stdout.read() if process.stdout else ""
-        )
-        assert time.monotonic() < deadline, "gateway did not become ready"
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
-                return Gateway(process, base_url, output)
-        except httpx.TransportError:
-            time.sleep(0.05)
+    return Gateway(cli_env(GATE_DATA_DIR=str(data_dir), N8N_BASE_URL=n8n_url))
 
 
 def stop_gateway(gateway: Gateway) -> str:
-    gateway.process.send_signal(signal.SIGTERM)
-    out, _ = gateway.process.communicate(timeout=30)
-    return out
+    assert gateway.stop() == 0, gateway.output()
+    return gateway.output()
 
 
 @pytest.fixture
-def n8n_url(fake_n8n: tuple[FakeN8n, str]) -> Iterator[str]:
+def n8n_url(fake_n8n: tuple[FakeN8n, str]) -> str:
     return fake_n8n[1]
 
 
@@ -162,7 +124,6 @@ def test_serve_without_database_url_uses_embedded_postgres_that_survives_a_resta
         assert trigger.status_code == 401
     finally:
         output = stop_gateway(first)
-    assert first.process.returncode == 0, output
     api_key = next(line.strip() for line in output.splitlines() if line.strip().startswith("n8ng_"))
 
     auth = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": "persist-1"}

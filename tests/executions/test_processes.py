@@ -1,0 +1,126 @@
+"""Real gateway processes: a crash mid-forward, a graceful stop, and replicas on one database."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import aiohttp
+import httpx
+import pytest
+
+from tests.conftest import ClientFactory, new_api_key
+from tests.fake_n8n import FakeN8n
+from tests.processes import Gateway, cli_env, gateways
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    replayed: bool
+
+
+@pytest.fixture
+def gateway_env(database_url: str, fake_n8n: tuple[FakeN8n, str]) -> dict[str, str]:
+    return cli_env(
+        DATABASE_URL=database_url,
+        N8N_BASE_URL=fake_n8n[1],
+        GATE_ACCESS_LOG="false",
+        GATE_LEASE_SECONDS="1",
+        GATE_LEASE_RENEW_SECONDS="0.3",
+    )
+
+
+def wait_until(condition: object, *, within: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + within
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+async def test_a_crash_mid_forward_is_taken_over_after_the_lease(
+    gateway_env: dict[str, str], database_url: str, n8n: FakeN8n
+) -> None:
+    api_key = await new_api_key(database_url)
+    key = f"crash-{uuid.uuid4()}"
+    headers = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": key}
+    victim = Gateway(gateway_env)
+    async with httpx.AsyncClient(base_url=victim.base_url, headers=headers) as to_victim:
+        in_flight = asyncio.create_task(to_victim.post("/webhook/slow", json={"n": 1}))
+        await asyncio.to_thread(wait_until, lambda: n8n.calls_for(key), what="the forward")
+        victim.stop(signal.SIGKILL)
+        with pytest.raises(httpx.TransportError):
+            await in_flight
+
+    with gateways(1, gateway_env) as [survivor]:
+        async with httpx.AsyncClient(base_url=survivor.base_url, headers=headers) as client:
+            status = (await client.get(f"/v1/executions/{key}")).json()
+            assert (status["status"], status["attempts"]) == ("running", 1)
+            n8n.release_slow()
+            deadline = time.monotonic() + 10
+            while (retry := await client.post("/webhook/slow", json={"n": 1})).status_code == 409:
+                assert time.monotonic() < deadline, "the lease never ran out"
+                await asyncio.sleep(0.1)
+            assert retry.status_code == 200
+            status = (await client.get(f"/v1/executions/{key}")).json()
+    assert (status["status"], status["attempts"]) == ("completed", 2)
+    history = [(a["attempt"], a["outcome"]) for a in status["attempt_history"]]
+    assert history == [(1, "abandoned"), (2, "completed")]
+    assert status["attempt_history"][0]["error"]["type"] == "abandoned"
+
+
+async def test_sigterm_lets_the_forward_in_flight_finish_and_record(
+    gateway_env: dict[str, str], database_url: str, n8n: FakeN8n, make_client: ClientFactory
+) -> None:
+    api_key = await new_api_key(database_url)
+    key = f"stop-{uuid.uuid4()}"
+    headers = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": key}
+    gateway = Gateway(gateway_env)
+    async with httpx.AsyncClient(base_url=gateway.base_url, headers=headers) as client:
+        in_flight = asyncio.create_task(client.post("/webhook/slow?delay=1", json={}))
+        await asyncio.to_thread(wait_until, lambda: n8n.calls_for(key), what="the forward")
+        gateway.process.send_signal(signal.SIGTERM)
+        response = await in_flight
+    assert response.status_code == 200
+    assert await asyncio.to_thread(gateway.stop) == 0
+    async with make_client(api_key=api_key) as other:
+        status = (await other.get(f"/v1/executions/{key}")).json()
+    assert status["status"] == "completed"
+
+
+async def test_replicas_on_one_database_call_n8n_once_per_key(
+    gateway_env: dict[str, str], database_url: str, n8n: FakeN8n
+) -> None:
+    api_key = await new_api_key(database_url)
+    auth = {"Authorization": f"Bearer {api_key}"}
+    run = uuid.uuid4().hex[:8]
+    # aiohttp drives this load: httpx's pool is slow with hundreds of concurrent connections.
+    connector = aiohttp.TCPConnector(limit=0)
+    with gateways(4, gateway_env) as replicas:
+        async with aiohttp.ClientSession(connector=connector, headers=auth) as client:
+
+            async def send(i: int, key: str) -> Reply:
+                url = f"{replicas[i % 4].base_url}/webhook/echo"
+                headers = {"Idempotency-Key": key}
+                async with client.post(url, json={"key": key}, headers=headers) as response:
+                    await response.read()
+                    return Reply(response.status, "idempotent-replayed" in response.headers)
+
+            one_key = f"hot-{run}"
+            responses = await asyncio.gather(*(send(i, one_key) for i in range(500)))
+            assert len(n8n.calls_for(one_key)) == 1
+            kinds = Counter("replay" if r.replayed else r.status for r in responses)
+            assert kinds[200] == 1
+            assert set(kinds) <= {200, "replay", 409}
+
+            keys = [f"many-{run}-{k}" for k in range(200)]
+            jobs = [send(i, key) for i, key in enumerate(key for key in keys for _ in range(5))]
+            responses = await asyncio.gather(*jobs)
+    assert {r.status for r in responses} <= {200, 409}
+    calls = Counter(call.key for call in n8n.calls if call.key in set(keys))
+    assert len(calls) == 200
+    assert set(calls.values()) == {1}
