@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     lease_renew_seconds: float = Field(default=10.0, gt=0)
     unknown_outcome: Literal["retry", "refuse"] = "retry"
     max_stored_body_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
+    max_wait_seconds: int = Field(default=60, ge=0)
     retry_after_seconds: int = Field(default=1, ge=1)
     auth_cache_seconds: float = Field(default=5.0, ge=0)
     replay_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)

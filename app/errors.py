@@ -123,6 +123,14 @@ class ExecutionInFlight(GateError):
     title = "A request with this idempotency key is still running"
 
 
+class InFlightWithId(ExecutionInFlight):
+    """ExecutionInFlight that knows which execution is running, so a caller can wait on it."""
+
+    def __init__(self, detail: str, *, execution_id: int, headers: Mapping[str, str]) -> None:
+        super().__init__(detail, headers=headers)
+        self.execution_id = execution_id
+
+
 class OutcomeUnknown(GateError):
     status_code = 409
     slug = "execution-outcome-unknown"

@@ -13,6 +13,7 @@ from app import db
 from app.config import Settings, get_settings
 from app.deps import Services
 from app.errors import install_handlers
+from app.executions.finished import FinishedExecutions
 from app.executions.routes import router as executions_router
 from app.executions.service import ExecutionService
 from app.forwarding.client import N8nClient
@@ -43,13 +44,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = await db.create_pool(str(settings.database_url), settings)
         try:
             await _require_current_schema(pool)
-            async with N8nClient(
-                base_url=str(settings.n8n_base_url),
-                connect_timeout=settings.n8n_connect_timeout_seconds,
-                timeout=settings.n8n_timeout_seconds,
-                max_connections=settings.n8n_max_connections,
-            ) as n8n:
-                executions = ExecutionService(pool=pool, n8n=n8n, settings=settings)
+            async with (
+                N8nClient(
+                    base_url=str(settings.n8n_base_url),
+                    connect_timeout=settings.n8n_connect_timeout_seconds,
+                    timeout=settings.n8n_timeout_seconds,
+                    max_connections=settings.n8n_max_connections,
+                ) as n8n,
+                FinishedExecutions(str(settings.database_url)) as finished,
+            ):
+                executions = ExecutionService(
+                    pool=pool, n8n=n8n, finished=finished, settings=settings
+                )
                 authenticator = Authenticator(pool, cache_seconds=settings.auth_cache_seconds)
                 yield {"services": Services(settings, pool, authenticator, executions)}
                 await executions.drain(grace_seconds=settings.n8n_timeout_seconds)

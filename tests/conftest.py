@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app import migrations
 from app.config import Settings, load_settings
 from app.embedded import start_embedded
+from app.deps import Services
 from app.main import create_app
 from app.tenants.service import create_key
 from tests.fake_n8n import FakeN8n
@@ -116,18 +117,23 @@ async def api_key(database_url: str) -> str:
     return await new_api_key(database_url)
 
 
+class GatewayClient(httpx.AsyncClient):
+    """An HTTP client for one in-process gateway; `services` lets tests observe its state."""
+
+    services: Services
+
+
 @asynccontextmanager
-async def gateway_client(
-    settings: Settings, api_key: str | None
-) -> AsyncIterator[httpx.AsyncClient]:
+async def gateway_client(settings: Settings, api_key: str | None) -> AsyncIterator[GatewayClient]:
     """The real app with its lifespan (pool, n8n client), driven over HTTP in-process."""
     app = create_app(settings)
     async with app.router.lifespan_context(app) as state:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         transport = httpx.ASGITransport(app=_with_lifespan_state(app, state))
-        async with httpx.AsyncClient(
+        async with GatewayClient(
             transport=transport, base_url="http://gate.test", headers=headers
         ) as client:
+            client.services = state["services"]
             yield client
 
 
@@ -149,7 +155,7 @@ async def client(settings: Settings, api_key: str) -> AsyncIterator[httpx.AsyncC
 class ClientFactory(Protocol):
     def __call__(
         self, *, n8n_base_url: str | None = None, api_key: str | None = ..., **overrides: object
-    ) -> AbstractAsyncContextManager[httpx.AsyncClient]: ...
+    ) -> AbstractAsyncContextManager[GatewayClient]: ...
 
 
 @pytest.fixture
@@ -159,7 +165,7 @@ def make_client(database_url: str, fake_n8n: tuple[FakeN8n, str], api_key: str) 
 
     def factory(
         *, n8n_base_url: str | None = None, api_key: str | None = default_key, **overrides: object
-    ) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    ) -> AbstractAsyncContextManager[GatewayClient]:
         settings = gate_settings(database_url, n8n_base_url or fake_n8n[1], **overrides)
         return gateway_client(settings, api_key)
 

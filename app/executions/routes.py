@@ -22,6 +22,7 @@ from app.executions.trigger import (
     TriggerRequest,
     location_for,
     parse_idempotency_key,
+    parse_prefer_wait,
     parse_webhook_path,
 )
 
@@ -89,14 +90,25 @@ async def _trigger(request: Request, *, mode: Mode) -> Response:
         body=await _read_body(request, limit=services.settings.max_body_bytes),
     )
     client_host = request.client.host if request.client else None
+    wait = _applied_wait(request, cap=services.settings.max_wait_seconds)
     try:
         answer = await services.executions.trigger(
-            tenant=tenant, request=trigger, client_host=client_host
+            tenant=tenant, request=trigger, client_host=client_host, wait_seconds=wait or 0
         )
     except GateError as exc:
         exc.headers.setdefault("Location", location_for(key))
+        if wait is not None:
+            exc.headers["Preference-Applied"] = f"wait={wait}"
         raise
-    return _response(answer, key=key)
+    response = _response(answer, key=key)
+    if wait is not None:
+        response.headers["Preference-Applied"] = f"wait={wait}"
+    return response
+
+
+def _applied_wait(request: Request, *, cap: int) -> int | None:
+    requested = parse_prefer_wait(request.headers.getlist("prefer"))
+    return None if requested is None else min(requested, cap)
 
 
 async def _read_body(request: Request, *, limit: int) -> bytes:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,10 +30,12 @@ from app.errors import (
     ForwardFailed,
     GateError,
     IdempotencyKeyReused,
+    InFlightWithId,
     OutcomeUnknown,
 )
 from app.executions import repo
 from app.executions.cache import CompletedExecutions
+from app.executions.finished import FinishedExecutions
 from app.executions.trigger import TriggerRequest, location_for
 from app.forwarding.client import N8nClient, N8nResponse
 from app.tenants.service import Tenant
@@ -71,6 +74,7 @@ class ExecutionDetail:
 class ExecutionService:
     pool: db.Pool
     n8n: N8nClient
+    finished: FinishedExecutions
     settings: Settings
     _in_flight: set[asyncio.Task[GatewayAnswer]] = field(default_factory=set)
     _completed: CompletedExecutions = field(init=False)
@@ -82,12 +86,19 @@ class ExecutionService:
         )
 
     async def trigger(
-        self, *, tenant: Tenant, request: TriggerRequest, client_host: str | None
+        self,
+        *,
+        tenant: Tenant,
+        request: TriggerRequest,
+        client_host: str | None,
+        wait_seconds: int = 0,
     ) -> GatewayAnswer:
+        """Run, replay or refuse `request`. With `wait_seconds`, a request whose key is in
+        flight waits up to that long for the execution to finish, then decides again."""
         cached = self._completed.get(tenant.id, request.key)
         if cached is not None and self._should_replay(cached, request):
             return replay_answer(cached)
-        row = await self._claim_or_decide(tenant=tenant, request=request)
+        row = await self._decide_waiting(tenant=tenant, request=request, wait_seconds=wait_seconds)
         if not row.claimed:
             self._completed.put(tenant.id, row)
             return replay_answer(row)
@@ -136,6 +147,27 @@ class ExecutionService:
         items = rows[:limit]
         return Page(items=items, next_before_id=items[-1].id if more else None)
 
+    async def _decide_waiting(
+        self, *, tenant: Tenant, request: TriggerRequest, wait_seconds: int
+    ) -> repo.ExecutionRow:
+        try:
+            return await self._claim_or_decide(tenant=tenant, request=request)
+        except InFlightWithId as first:
+            if wait_seconds <= 0:
+                raise
+            in_flight = first
+        deadline = time.monotonic() + wait_seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            # Subscribe before reading again, so a finish in between cannot be missed.
+            async with self.finished.subscription(tenant.id, in_flight.execution_id) as finished:
+                try:
+                    return await self._claim_or_decide(tenant=tenant, request=request)
+                except InFlightWithId as again:
+                    in_flight = again
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished, remaining)
+        raise in_flight
+
     async def _claim_or_decide(
         self, *, tenant: Tenant, request: TriggerRequest
     ) -> repo.ExecutionRow:
@@ -181,9 +213,11 @@ class ExecutionService:
             return True
         abandoned = row.status == "running" and bool(row.lease_expired)
         if row.status != "failed" and not abandoned:
-            raise ExecutionInFlight(
+            raise InFlightWithId(
                 "The first request with this Idempotency-Key is still running. Retry after a "
-                "moment to get its result, or ask the Location for its status.",
+                "moment (or send 'Prefer: wait=<seconds>') to get its result, or ask the "
+                "Location for its status.",
+                execution_id=row.id,
                 headers=self._retry_headers(request.key),
             )
         if (row.outcome_unknown or abandoned) and self.settings.unknown_outcome == "refuse":

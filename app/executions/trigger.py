@@ -119,3 +119,17 @@ def _bad_path(reason: str) -> InvalidWebhookPath:
         f"Invalid webhook path: {reason}. Use the path of your n8n webhook, "
         "as in /webhook/<path> or /webhook-test/<path>."
     )
+
+
+def parse_prefer_wait(values: list[str]) -> int | None:
+    """The `wait` preference of RFC 7240 `Prefer` headers, in seconds; None when absent.
+
+    Preferences the gateway does not know, or a malformed wait, are ignored as the RFC asks.
+    """
+    for header in values:
+        for preference in header.split(","):
+            token, _, value = preference.split(";")[0].strip().partition("=")
+            if token.strip().lower() == "wait":
+                value = value.strip().strip('"')
+                return int(value) if value.isdigit() else None
+    return None

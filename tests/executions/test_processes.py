@@ -103,9 +103,9 @@ async def test_replicas_on_one_database_call_n8n_once_per_key(
     with gateways(4, gateway_env) as replicas:
         async with aiohttp.ClientSession(connector=connector, headers=auth) as client:
 
-            async def send(i: int, key: str) -> Reply:
+            async def send(i: int, key: str, *, wait: bool = False) -> Reply:
                 url = f"{replicas[i % 4].base_url}/webhook/echo"
-                headers = {"Idempotency-Key": key}
+                headers = {"Idempotency-Key": key, **({"Prefer": "wait=30"} if wait else {})}
                 async with client.post(url, json={"key": key}, headers=headers) as response:
                     await response.read()
                     return Reply(response.status, "idempotent-replayed" in response.headers)
@@ -116,6 +116,13 @@ async def test_replicas_on_one_database_call_n8n_once_per_key(
             kinds = Counter("replay" if r.replayed else r.status for r in responses)
             assert kinds[200] == 1
             assert set(kinds) <= {200, "replay", 409}
+
+            waiting_key = f"hot-wait-{run}"
+            jobs = [send(i, waiting_key, wait=True) for i in range(500)]
+            responses = await asyncio.gather(*jobs)
+            assert len(n8n.calls_for(waiting_key)) == 1
+            kinds = Counter("replay" if r.replayed else r.status for r in responses)
+            assert kinds == {200: 1, "replay": 499}
 
             keys = [f"many-{run}-{k}" for k in range(200)]
             jobs = [send(i, key) for i, key in enumerate(key for key in keys for _ in range(5))]

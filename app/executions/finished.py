@@ -1,0 +1,103 @@
+"""Wakes requests that wait for an execution to finish (RFC 7240 `Prefer: wait`).
+
+One LISTEN connection per process hears `n8n_gate_execution_finished`, which the database sends
+when any process records an outcome. If that connection drops, every waiter is woken (it then
+re-reads the execution) and the listener reconnects, so a lost notification costs a re-read,
+never a missed wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from uuid import UUID
+
+import asyncpg
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "n8n_gate_execution_finished"
+RECONNECT_SECONDS = 1.0
+
+
+class FinishedExecutions:
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._waiters: defaultdict[tuple[UUID, int], set[asyncio.Future[None]]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> FinishedExecutions:
+        self._task = asyncio.create_task(self._listen_forever())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._wake_all()
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(futures) for futures in self._waiters.values())
+
+    @asynccontextmanager
+    async def subscription(
+        self, tenant_id: UUID, execution_id: int
+    ) -> AsyncIterator[asyncio.Future[None]]:
+        """A future set when the execution finishes; subscribe before reading its state."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[(tenant_id, execution_id)].add(future)
+        try:
+            yield future
+        finally:
+            waiters = self._waiters.get((tenant_id, execution_id))
+            if waiters is not None:
+                waiters.discard(future)
+                if not waiters:
+                    del self._waiters[(tenant_id, execution_id)]
+
+    async def _listen_forever(self) -> None:
+        while True:
+            try:
+                await self._listen_once()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                logger.warning("lost the LISTEN connection; reconnecting", exc_info=True)
+            self._wake_all()
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _listen_once(self) -> None:
+        conn = await asyncpg.connect(self._dsn, server_settings={"application_name": "n8n-gate"})
+        closed = asyncio.Event()
+        conn.add_termination_listener(lambda _: closed.set())
+        try:
+            await conn.add_listener(CHANNEL, self._on_notification)
+            self._wake_all()  # anything that finished while we were not listening
+            await closed.wait()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(conn.close(timeout=2))
+
+    def _on_notification(
+        self,
+        conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+        pid: int,
+        channel: str,
+        payload: object,
+    ) -> None:
+        tenant, _, execution_id = str(payload).partition(" ")
+        with contextlib.suppress(ValueError):
+            self._wake((UUID(tenant), int(execution_id)))
+
+    def _wake(self, waited_on: tuple[UUID, int]) -> None:
+        for future in self._waiters.pop(waited_on, set()):
+            if not future.done():
+                future.set_result(None)
+
+    def _wake_all(self) -> None:
+        for waited_on in list(self._waiters):
+            self._wake(waited_on)
