@@ -25,8 +25,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import migrations
 from app.config import Settings, load_settings
-from app.embedded import start_embedded
 from app.deps import Services
+from app.embedded import start_embedded
 from app.main import create_app
 from app.tenants.service import create_key
 from tests.fake_n8n import FakeN8n
