@@ -94,13 +94,13 @@ def settings(database_url: str, fake_n8n: tuple[FakeN8n, str]) -> Settings:
 
 
 def gate_settings(database_url: str, n8n_base_url: str, **overrides: object) -> Settings:
-    return load_settings(
-        _env_file=None,
-        DATABASE_URL=database_url,
-        N8N_BASE_URL=n8n_base_url,
-        db_pool_min_size=1,
+    values: dict[str, object] = {
+        "DATABASE_URL": database_url,
+        "N8N_BASE_URL": n8n_base_url,
+        "db_pool_min_size": 1,
         **overrides,
-    )
+    }
+    return load_settings(_env_file=None, **values)
 
 
 async def new_api_key(database_url: str, tenant_name: str | None = None) -> str:

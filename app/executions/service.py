@@ -25,6 +25,7 @@ from typing import Literal
 from app import db
 from app.config import Settings
 from app.errors import (
+    DatabaseUnavailable,
     ExecutionInFlight,
     ExecutionNotFound,
     ForwardFailed,
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 Status = Literal["pending", "running", "completed", "failed"]
 MAX_DECISION_ROUNDS = 3
+# How long a process keeps trying to record an outcome while the database is unreachable.
+RECORD_RETRY_SECONDS = 600.0
 TRUNCATED_HEADER = "N8n-Gate-Body-Truncated"
 
 
@@ -77,6 +80,7 @@ class ExecutionService:
     finished: FinishedExecutions
     settings: Settings
     _in_flight: set[asyncio.Task[GatewayAnswer]] = field(default_factory=set)
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
     _completed: CompletedExecutions = field(init=False)
 
     def __post_init__(self) -> None:
@@ -112,8 +116,9 @@ class ExecutionService:
 
     async def drain(self, *, grace_seconds: float) -> None:
         """Wait for claimed executions to be forwarded and recorded (shutdown)."""
-        if self._in_flight:
-            await asyncio.wait(set(self._in_flight), timeout=grace_seconds)
+        pending = {*self._in_flight, *self._background}
+        if pending:
+            await asyncio.wait(pending, timeout=grace_seconds)
 
     async def get(self, *, tenant: Tenant, key: str) -> ExecutionDetail:
         async with db.tenant_transaction(self.pool, tenant.id) as conn:
@@ -306,20 +311,41 @@ class ExecutionService:
         )
 
     async def _record(self, tenant: Tenant, row: repo.ExecutionRow, outcome: repo.Outcome) -> None:
+        """Record the outcome; if the database is down, keep trying in the background so the
+        caller gets n8n's answer now and the execution is not left running."""
         try:
-            async with db.connection(self.pool) as conn:
-                recorded = await repo.record_outcome(
-                    conn,
-                    tenant_id=tenant.id,
-                    execution_id=row.id,
-                    attempt=row.attempts,
-                    outcome=outcome,
-                )
-        except GateError:
-            # n8n has answered and the client gets that answer; the row stays running until
-            # its lease runs out, after which the attempt counts as abandoned.
-            logger.exception("could not record the outcome of execution %s", row.id)
-            return
+            await self._record_once(tenant, row, outcome)
+        except DatabaseUnavailable:
+            logger.warning("database unavailable; will keep recording execution %s", row.id)
+            task = asyncio.create_task(self._record_until_stored(tenant, row, outcome))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _record_until_stored(
+        self, tenant: Tenant, row: repo.ExecutionRow, outcome: repo.Outcome
+    ) -> None:
+        delay, deadline = 0.1, time.monotonic() + RECORD_RETRY_SECONDS
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            try:
+                await self._record_once(tenant, row, outcome)
+            except DatabaseUnavailable:
+                delay = min(delay * 2, 5.0)
+            else:
+                return
+        logger.error("gave up recording execution %s; its lease will expire", row.id)
+
+    async def _record_once(
+        self, tenant: Tenant, row: repo.ExecutionRow, outcome: repo.Outcome
+    ) -> None:
+        async with db.connection(self.pool) as conn:
+            recorded = await repo.record_outcome(
+                conn,
+                tenant_id=tenant.id,
+                execution_id=row.id,
+                attempt=row.attempts,
+                outcome=outcome,
+            )
         if not recorded:
             logger.warning(
                 "execution %s attempt %s was taken over; outcome not recorded", row.id, row.attempts

@@ -1,0 +1,69 @@
+"""A TCP proxy in front of Postgres that a test can cut and restore, to play a database outage."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+
+class DatabaseProxy:
+    def __init__(self, upstream_url: str) -> None:
+        self._upstream = urlsplit(upstream_url)
+        self._connections: set[asyncio.StreamWriter] = set()
+        self.down = False
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """The upstream URL, pointed at the proxy (always TCP on loopback)."""
+        user = self._upstream.username or "postgres"
+        return urlunsplit(
+            ("postgresql", f"{user}@127.0.0.1:{self.port}", self._upstream.path, "", "")
+        )
+
+    def cut(self) -> None:
+        """Drop every open connection and refuse new ones, as a restarting server does."""
+        self.down = True
+        for writer in list(self._connections):
+            writer.close()
+        self._connections.clear()
+
+    def restore(self) -> None:
+        self.down = False
+
+    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        socket_dir = parse_qs(self._upstream.query).get("host", [None])[0]
+        port = self._upstream.port or 5432
+        if socket_dir:
+            return await asyncio.open_unix_connection(f"{socket_dir}/.s.PGSQL.{port}")
+        return await asyncio.open_connection(self._upstream.hostname or "127.0.0.1", port)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            writer.close()
+            return
+        up_reader, up_writer = await self._open_upstream()
+        self._connections.update({writer, up_writer})
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        self._connections.difference_update({writer, up_writer})
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[DatabaseProxy]:
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        async with server:
+            try:
+                yield self
+            finally:
+                self.cut()
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError, OSError):
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    sink.close()

@@ -1,0 +1,90 @@
+"""While Postgres is unreachable: 503s with Retry-After, nothing forwarded, and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from tests.conftest import ClientFactory, GatewayClient
+from tests.dbproxy import DatabaseProxy
+from tests.fake_n8n import FakeN8n
+from tests.problems import assert_problem
+
+
+@pytest.fixture
+async def proxy(database_url: str) -> AsyncIterator[DatabaseProxy]:
+    async with DatabaseProxy(database_url).running() as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def gateway(make_client: ClientFactory, proxy: DatabaseProxy) -> AsyncIterator[GatewayClient]:
+    async with make_client(DATABASE_URL=proxy.url, auth_cache_seconds=0) as client:
+        yield client
+
+
+async def post(client: httpx.AsyncClient, path: str, key: str) -> httpx.Response:
+    return await client.post(f"/webhook/{path}", json={"k": key}, headers={"Idempotency-Key": key})
+
+
+async def eventually_ok(client: httpx.AsyncClient, path: str, key: str) -> httpx.Response:
+    deadline = time.monotonic() + 10
+    while (response := await post(client, path, key)).status_code == 503:
+        assert time.monotonic() < deadline, "the gateway did not recover"
+        await asyncio.sleep(0.05)
+    return response
+
+
+async def test_an_outage_answers_503_forwards_nothing_and_recovers(
+    gateway: GatewayClient, proxy: DatabaseProxy, n8n: FakeN8n
+) -> None:
+    assert (await post(gateway, "echo", f"before-{uuid.uuid4()}")).status_code == 200
+
+    proxy.cut()
+    during = [f"during-{uuid.uuid4()}" for _ in range(5)]
+    responses = await asyncio.gather(*(post(gateway, "echo", key) for key in during))
+    for response in responses:
+        problem = assert_problem(response, 503, "database-unavailable")
+        assert int(response.headers["retry-after"]) > 0
+        assert "nothing was forwarded" in problem["detail"]
+    assert all(n8n.calls_for(key) == [] for key in during)
+    assert_problem(await gateway.get("/readyz"), 503, "database-unavailable")
+    assert_problem(await gateway.get("/v1/executions"), 503, "database-unavailable")
+
+    proxy.restore()
+    for key in during:
+        assert (await eventually_ok(gateway, "echo", key)).status_code == 200
+        assert len(n8n.calls_for(key)) == 1
+    assert (await gateway.get("/readyz")).status_code == 200
+
+
+async def test_an_outcome_that_arrives_during_an_outage_is_recorded_afterwards(
+    gateway: GatewayClient, proxy: DatabaseProxy, n8n: FakeN8n
+) -> None:
+    key = f"through-{uuid.uuid4()}"
+    first = asyncio.create_task(post(gateway, "slow", key))
+    deadline = time.monotonic() + 5
+    while not n8n.calls_for(key):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+    proxy.cut()
+    n8n.release_slow()
+    answer = await first
+    assert answer.status_code == 200  # n8n answered; the caller gets it despite the outage
+
+    proxy.restore()
+    deadline = time.monotonic() + 10
+    while True:
+        status = await gateway.get(f"/v1/executions/{key}")
+        if status.status_code == 200 and status.json()["status"] == "completed":
+            break
+        assert time.monotonic() < deadline, "the outcome was never recorded"
+        await asyncio.sleep(0.05)
+    replay = await post(gateway, "slow", key)
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert len(n8n.calls_for(key)) == 1
