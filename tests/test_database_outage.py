@@ -88,3 +88,42 @@ async def test_an_outcome_that_arrives_during_an_outage_is_recorded_afterwards(
     replay = await post(gateway, "slow", key)
     assert replay.headers["idempotent-replayed"] == "true"
     assert len(n8n.calls_for(key)) == 1
+
+
+async def test_an_outage_under_load_loses_and_strands_nothing(
+    gateway: GatewayClient, proxy: DatabaseProxy, n8n: FakeN8n
+) -> None:
+    results: dict[str, int] = {}
+    stop = asyncio.Event()
+
+    async def worker(worker_id: int) -> None:
+        sequence = 0
+        while not stop.is_set():
+            key = f"load-{worker_id}-{sequence}-{uuid.uuid4().hex[:8]}"
+            sequence += 1
+            results[key] = (await post(gateway, "echo", key)).status_code
+
+    async def settled(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(results) < count:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+
+    workers = [asyncio.create_task(worker(i)) for i in range(16)]
+    await settled(100)
+    proxy.cut()
+    await asyncio.sleep(0.5)  # the outage itself lasts a while; that is what is under test
+    proxy.restore()
+    await settled(len(results) + 200)
+    stop.set()
+    await asyncio.gather(*workers)
+
+    assert set(results.values()) <= {200, 503}
+    assert 200 in results.values()
+    assert 503 in results.values()
+    for key, status in results.items():
+        assert len(n8n.calls_for(key)) == (1 if status == 200 else 0), key
+    deadline = time.monotonic() + 10
+    while running := (await gateway.get("/v1/executions?status=running")).json()["items"]:
+        assert time.monotonic() < deadline, f"stuck executions: {running}"
+        await asyncio.sleep(0.05)

@@ -21,8 +21,11 @@ _COLUMNS = """
 
 # The trigger path calls functions (migration 0002) that set the tenant for their own
 # transaction: one round trip each. They return (claimed, lease_expired, execution row).
-CLAIM = "SELECT claimed, lease_expired, execution FROM claim_execution($1, $2, $3, $4, $5, $6, $7)"
-RETAKE = "SELECT claimed, lease_expired, execution FROM retake_execution($1, $2, $3)"
+CLAIM = (
+    "SELECT claimed, lease_expired, execution FROM claim_execution($1, $2, $3, $4, $5, $6, $7, $8)"
+)
+RETAKE = "SELECT claimed, lease_expired, execution FROM retake_execution($1, $2, $3, $4)"
+RELEASE_UNFORWARDED = "SELECT release_unforwarded_claim($1, $2, $3)"
 RECORD_OUTCOME = (
     "SELECT record_execution_outcome($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 )
@@ -110,7 +113,11 @@ def _row(record: asyncpg.Record | None) -> ExecutionRow | None:
 def _function_row(record: asyncpg.Record | None) -> ExecutionRow | None:
     if record is None:
         return None
-    columns = {name: value for name, value in record["execution"].items() if name != "tenant_id"}
+    columns = {
+        name: value
+        for name, value in record["execution"].items()
+        if name not in {"tenant_id", "lease_owner"}
+    }
     return ExecutionRow(claimed=record["claimed"], lease_expired=record["lease_expired"], **columns)
 
 
@@ -124,9 +131,10 @@ async def claim(
     mode: str,
     workflow_path: str,
     lease_seconds: float,
+    owner: UUID,
 ) -> ExecutionRow | None:
     record = await conn.fetchrow(
-        CLAIM, tenant_id, key, fingerprint, method, mode, workflow_path, lease_seconds
+        CLAIM, tenant_id, key, fingerprint, method, mode, workflow_path, lease_seconds, owner
     )
     return _function_row(record)
 
@@ -136,9 +144,16 @@ async def find_by_key(conn: AnyConnection, *, tenant_id: UUID, key: str) -> Exec
 
 
 async def retake(
-    conn: AnyConnection, *, tenant_id: UUID, key: str, lease_seconds: float
+    conn: AnyConnection, *, tenant_id: UUID, key: str, lease_seconds: float, owner: UUID
 ) -> ExecutionRow | None:
-    return _function_row(await conn.fetchrow(RETAKE, tenant_id, key, lease_seconds))
+    return _function_row(await conn.fetchrow(RETAKE, tenant_id, key, lease_seconds, owner))
+
+
+async def release_unforwarded(
+    conn: AnyConnection, *, tenant_id: UUID, key: str, owner: UUID
+) -> bool:
+    released: bool = await conn.fetchval(RELEASE_UNFORWARDED, tenant_id, key, owner)
+    return released
 
 
 async def record_outcome(

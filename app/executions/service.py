@@ -19,6 +19,9 @@ import contextlib
 import json
 import logging
 import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -45,7 +48,8 @@ logger = logging.getLogger(__name__)
 
 Status = Literal["pending", "running", "completed", "failed"]
 MAX_DECISION_ROUNDS = 3
-# How long a process keeps trying to record an outcome while the database is unreachable.
+# How long a process keeps trying to record an outcome (or release a claim) while the
+# database is unreachable.
 RECORD_RETRY_SECONDS = 600.0
 TRUNCATED_HEADER = "N8n-Gate-Body-Truncated"
 
@@ -178,7 +182,13 @@ class ExecutionService:
     ) -> repo.ExecutionRow:
         """Claim the key (a claimed row), or return the completed row to replay, or raise."""
         for _ in range(MAX_DECISION_ROUNDS):
-            async with db.connection(self.pool) as conn:
+            # A fresh owner per claim: if the connection drops mid-claim, the claim may have
+            # committed unseen, and this token lets it be released once the database is back.
+            owner = uuid.uuid4()
+            async with (
+                self._releasing_on_outage(tenant, request.key, owner),
+                db.connection(self.pool) as conn,
+            ):
                 row = await repo.claim(
                     conn,
                     tenant_id=tenant.id,
@@ -188,6 +198,7 @@ class ExecutionService:
                     mode=request.mode,
                     workflow_path=request.workflow_path,
                     lease_seconds=self.settings.lease_seconds,
+                    owner=owner,
                 )
                 if row is None:  # deleted between the function's two statements; claim again
                     continue
@@ -198,6 +209,7 @@ class ExecutionService:
                     tenant_id=tenant.id,
                     key=request.key,
                     lease_seconds=self.settings.lease_seconds,
+                    owner=owner,
                 )
             if retaken is not None:
                 return retaken
@@ -317,23 +329,44 @@ class ExecutionService:
             await self._record_once(tenant, row, outcome)
         except DatabaseUnavailable:
             logger.warning("database unavailable; will keep recording execution %s", row.id)
-            task = asyncio.create_task(self._record_until_stored(tenant, row, outcome))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._retry_in_background(
+                lambda: self._record_once(tenant, row, outcome), what=f"record execution {row.id}"
+            )
 
-    async def _record_until_stored(
-        self, tenant: Tenant, row: repo.ExecutionRow, outcome: repo.Outcome
-    ) -> None:
-        delay, deadline = 0.1, time.monotonic() + RECORD_RETRY_SECONDS
-        while time.monotonic() < deadline:
-            await asyncio.sleep(delay)
-            try:
-                await self._record_once(tenant, row, outcome)
-            except DatabaseUnavailable:
-                delay = min(delay * 2, 5.0)
-            else:
-                return
-        logger.error("gave up recording execution %s; its lease will expire", row.id)
+    @asynccontextmanager
+    async def _releasing_on_outage(
+        self, tenant: Tenant, key: str, owner: uuid.UUID
+    ) -> AsyncIterator[None]:
+        try:
+            yield
+        except DatabaseUnavailable:
+            self._retry_in_background(
+                lambda: self._release_once(tenant, key, owner), what=f"release claim on {key!r}"
+            )
+            raise
+
+    async def _release_once(self, tenant: Tenant, key: str, owner: uuid.UUID) -> None:
+        async with db.connection(self.pool) as conn:
+            await repo.release_unforwarded(conn, tenant_id=tenant.id, key=key, owner=owner)
+
+    def _retry_in_background(self, action: Callable[[], Awaitable[None]], *, what: str) -> None:
+        """Run `action` until the database takes it (bounded); shutdown waits for it too."""
+
+        async def until_done() -> None:
+            delay, deadline = 0.1, time.monotonic() + RECORD_RETRY_SECONDS
+            while time.monotonic() < deadline:
+                await asyncio.sleep(delay)
+                try:
+                    await action()
+                except DatabaseUnavailable:
+                    delay = min(delay * 2, 5.0)
+                else:
+                    return
+            logger.error("gave up trying to %s: the database stayed unreachable", what)
+
+        task = asyncio.create_task(until_done())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _record_once(
         self, tenant: Tenant, row: repo.ExecutionRow, outcome: repo.Outcome
@@ -346,10 +379,8 @@ class ExecutionService:
                 attempt=row.attempts,
                 outcome=outcome,
             )
-        if not recorded:
-            logger.warning(
-                "execution %s attempt %s was taken over; outcome not recorded", row.id, row.attempts
-            )
+        if not recorded:  # recorded already (an earlier try committed unseen) or taken over
+            logger.info("execution %s attempt %s no longer running", row.id, row.attempts)
 
 
 def replay_answer(row: repo.ExecutionRow) -> GatewayAnswer:
