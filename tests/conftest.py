@@ -51,9 +51,9 @@ def embedded_server() -> Iterator[EmbeddedPostgres | None]:
 def database_url(embedded_server: EmbeddedPostgres | None) -> Iterator[str]:
     if embedded_server is None:
         yield from _fresh_server_database(os.environ["DATABASE_URL"])
-        return
-    migrations.upgrade(embedded_server.url)
-    yield embedded_server.url
+    else:
+        migrations.upgrade(embedded_server.url)
+        yield embedded_server.url
 
 
 def _fresh_server_database(server_url: str) -> Iterator[str]:
