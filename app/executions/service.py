@@ -115,8 +115,13 @@ class ExecutionService:
             self._run(tenant=tenant, request=request, row=row, client_host=client_host)
         )
         self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(self._forget)
         return await asyncio.shield(task)
+
+    def _forget(self, task: asyncio.Task[GatewayAnswer]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled():
+            task.exception()  # seen here, even when the client went away before it finished
 
     async def drain(self, *, grace_seconds: float) -> None:
         """Wait for claimed executions to be forwarded and recorded (shutdown)."""
