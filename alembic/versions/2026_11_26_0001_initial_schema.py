@@ -1,11 +1,12 @@
-"""Tenants, API keys and executions, with Row Level Security.
+"""Tenants, API keys, executions and their attempts, with Row Level Security.
 
 The service connects with the URL it is given and then `SET ROLE n8n_gate_app`: a role that is
 neither superuser nor BYPASSRLS, so the policies below hold even when the login user is a
-superuser. `executions` is the tenant table: RLS is enabled and forced, and every row is visible
-only when `app.tenant_id` (set per transaction by the service) names its tenant. `tenants` and
-`api_keys` are administered by the login user (CLI); the service role has no grants on them and
-authenticates through one SECURITY DEFINER function that returns a key's hash by its public prefix.
+superuser. `executions` and `execution_attempts` are tenant tables: RLS is enabled and forced,
+and a row is visible only when `app.tenant_id` (set per transaction by the service) names its
+tenant. `tenants` and `api_keys` are administered by the login user (CLI); the service role has
+no grants on them and authenticates through one SECURITY DEFINER function that returns a key's
+hash by its public prefix.
 
 Revision ID: 0001
 Revises:
@@ -82,6 +83,9 @@ CREATE TABLE executions (
     response_content_type   text,
     response_headers        jsonb,
     response_body           bytea,
+    response_body_bytes     bigint,
+    outcome_unknown         boolean NOT NULL DEFAULT false,
+    lease_owner             uuid,
     last_error_type         text,
     last_error_detail       text,
     created_at              timestamptz NOT NULL DEFAULT now(),
@@ -89,6 +93,21 @@ CREATE TABLE executions (
     started_at              timestamptz,
     finished_at             timestamptz,
     CONSTRAINT executions_tenant_key UNIQUE (tenant_id, idempotency_key)
+)
+"""
+
+CREATE_ATTEMPTS = """
+CREATE TABLE execution_attempts (
+    execution_id    bigint NOT NULL REFERENCES executions (id) ON DELETE CASCADE,
+    attempt         integer NOT NULL,
+    tenant_id       uuid NOT NULL,
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    ended_at        timestamptz,
+    outcome         text CHECK (outcome IN ('completed', 'failed', 'abandoned')),
+    n8n_status      integer,
+    error_type      text,
+    error_detail    text,
+    PRIMARY KEY (execution_id, attempt)
 )
 """
 
@@ -102,17 +121,22 @@ CREATE_LIST_INDEXES = [
 ENABLE_RLS = [
     "ALTER TABLE executions ENABLE ROW LEVEL SECURITY",
     "ALTER TABLE executions FORCE ROW LEVEL SECURITY",
+    "ALTER TABLE execution_attempts ENABLE ROW LEVEL SECURITY",
+    "ALTER TABLE execution_attempts FORCE ROW LEVEL SECURITY",
     # Enabled without policies: only the owner (the migrating/admin user) reads these tables.
     "ALTER TABLE tenants ENABLE ROW LEVEL SECURITY",
     "ALTER TABLE api_keys ENABLE ROW LEVEL SECURITY",
 ]
 
 # NULLIF: once a transaction-local setting ends, the setting reads as '' rather than NULL.
-CREATE_TENANT_POLICY = """
-CREATE POLICY executions_tenant_isolation ON executions
-    USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::uuid)
-    WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::uuid)
-"""
+CREATE_TENANT_POLICIES = [
+    f"""
+    CREATE POLICY {table}_tenant_isolation ON {table}
+        USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::uuid)
+        WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::uuid)
+    """
+    for table in ("executions", "execution_attempts")
+]
 
 CREATE_KEY_LOOKUP = """
 CREATE FUNCTION api_key_lookup(key_prefix text)
@@ -130,6 +154,7 @@ GRANTS = [
     "GRANT EXECUTE ON FUNCTION api_key_lookup(text) TO n8n_gate_app",
     "GRANT USAGE ON SCHEMA public TO n8n_gate_app",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON executions TO n8n_gate_app",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON execution_attempts TO n8n_gate_app",
     # /readyz and the startup check compare the schema revision with the build.
     "GRANT SELECT ON alembic_version TO n8n_gate_app",
 ]
@@ -142,7 +167,8 @@ def upgrade() -> None:
     op.execute(CREATE_TENANTS)
     op.execute(CREATE_API_KEYS)
     op.execute(CREATE_EXECUTIONS)
-    for statement in [*CREATE_LIST_INDEXES, *ENABLE_RLS, CREATE_TENANT_POLICY]:
+    op.execute(CREATE_ATTEMPTS)
+    for statement in [*CREATE_LIST_INDEXES, *ENABLE_RLS, *CREATE_TENANT_POLICIES]:
         op.execute(statement)
     op.execute(CREATE_KEY_LOOKUP)
     for statement in GRANTS:
@@ -151,6 +177,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS api_key_lookup(text)")
+    op.execute("DROP TABLE IF EXISTS execution_attempts")
     op.execute("DROP TABLE IF EXISTS executions")
     op.execute("DROP TABLE IF EXISTS api_keys")
     op.execute("DROP TABLE IF EXISTS tenants")

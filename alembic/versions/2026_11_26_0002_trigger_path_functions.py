@@ -1,9 +1,18 @@
 """The trigger path's statements as functions that name their tenant themselves.
 
 Each function sets `app.tenant_id` for its own (implicit) transaction and then runs its
-statement, under Row Level Security, as the calling role (SECURITY INVOKER). A trigger then
-costs one round trip per step instead of four (BEGIN, set_config, statement, COMMIT): on the
+statements, under Row Level Security, as the calling role (SECURITY INVOKER). A trigger step
+then costs one round trip instead of four (BEGIN, set_config, statement, COMMIT): on the
 2-core reference machine that was about half the gateway's CPU per request (README, Benchmark).
+
+- `claim_execution`: the INSERT ... ON CONFLICT DO NOTHING that decides who runs.
+- `retake_execution`: takes over a failed execution, or a running one whose lease ran out (its
+  attempt is closed as abandoned).
+- `renew_execution_lease`: the running attempt extends its lease while n8n works.
+- `record_execution_outcome`: the attempt's result, fenced by the attempt number; announces the
+  finish with NOTIFY so requests waiting on it (Prefer: wait) wake in every process.
+- `release_unforwarded_claim`: a claim whose answer was lost with the connection (so nothing
+  was forwarded) is marked failed, by the owner token the claiming process chose.
 
 Revision ID: 0002
 Revises: 0001
@@ -19,12 +28,12 @@ down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The INSERT ... ON CONFLICT DO NOTHING decides who runs. When it inserts nothing, the second
-# statement (a new snapshot: plpgsql takes one per statement) returns the row that won.
+# When the INSERT inserts nothing, the second statement (a new snapshot: plpgsql takes one per
+# statement) returns the row that won.
 CREATE_CLAIM = """
 CREATE FUNCTION claim_execution(
     p_tenant uuid, p_key text, p_fingerprint bytea, p_method text, p_mode text,
-    p_workflow_path text, p_lease_seconds double precision
+    p_workflow_path text, p_lease_seconds double precision, p_owner uuid
 )
 RETURNS TABLE (claimed boolean, lease_expired boolean, execution executions)
 LANGUAGE plpgsql VOLATILE AS $$
@@ -35,14 +44,17 @@ BEGIN
     WITH inserted AS (
         INSERT INTO executions AS e (
             tenant_id, idempotency_key, fingerprint, method, mode, workflow_path,
-            status, attempts, lease_expires_at, started_at
+            status, attempts, lease_expires_at, lease_owner, started_at
         )
         VALUES (
             p_tenant, p_key, p_fingerprint, p_method, p_mode, p_workflow_path,
-            'running', 1, now() + make_interval(secs => p_lease_seconds), now()
+            'running', 1, now() + make_interval(secs => p_lease_seconds), p_owner, now()
         )
         ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
         RETURNING e
+    ), first_attempt AS (
+        INSERT INTO execution_attempts (execution_id, attempt, tenant_id)
+        SELECT (i.e).id, 1, p_tenant FROM inserted i
     )
     SELECT true, false, (i.e)::executions FROM inserted i;
     IF NOT FOUND THEN
@@ -55,39 +67,76 @@ END
 $$
 """
 
-# Takes over a failed execution, or a running one whose lease ran out. Under READ COMMITTED a
-# second taker waits for the first, re-checks the WHERE on the new row and matches nothing.
+# Under READ COMMITTED a second taker waits for the row lock, re-checks the WHERE on the new
+# row version and matches nothing.
 CREATE_RETAKE = """
-CREATE FUNCTION retake_execution(p_tenant uuid, p_key text, p_lease_seconds double precision)
+CREATE FUNCTION retake_execution(
+    p_tenant uuid, p_key text, p_lease_seconds double precision, p_owner uuid
+)
 RETURNS TABLE (claimed boolean, lease_expired boolean, execution executions)
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
+DECLARE
+    taken executions;
+    was_abandoned boolean;
 BEGIN
     PERFORM set_config('app.tenant_id', p_tenant::text, true);
-    RETURN QUERY
-    WITH taken AS (
-        UPDATE executions AS e
-        SET status = 'running', attempts = e.attempts + 1,
-            lease_expires_at = now() + make_interval(secs => p_lease_seconds),
-            started_at = now(), finished_at = NULL, updated_at = now(),
-            response_status = NULL, response_content_type = NULL, response_headers = NULL,
-            response_body = NULL
-        WHERE e.tenant_id = p_tenant AND e.idempotency_key = p_key
-          AND (e.status = 'failed' OR (e.status = 'running' AND e.lease_expires_at < now()))
-        RETURNING e
-    )
-    SELECT true, false, (t.e)::executions FROM taken t;
+    SELECT e.status = 'running' INTO was_abandoned
+    FROM executions e
+    WHERE e.tenant_id = p_tenant AND e.idempotency_key = p_key
+      AND (e.status = 'failed' OR (e.status = 'running' AND e.lease_expires_at < now()))
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    UPDATE executions AS e
+    SET status = 'running', attempts = e.attempts + 1,
+        lease_expires_at = now() + make_interval(secs => p_lease_seconds), lease_owner = p_owner,
+        started_at = now(), finished_at = NULL, updated_at = now(), outcome_unknown = false,
+        response_status = NULL, response_content_type = NULL, response_headers = NULL,
+        response_body = NULL, response_body_bytes = NULL,
+        last_error_type = CASE WHEN was_abandoned THEN 'abandoned' ELSE e.last_error_type END,
+        last_error_detail = CASE WHEN was_abandoned
+            THEN 'the process running this attempt stopped before recording its outcome'
+            ELSE e.last_error_detail END
+    WHERE e.tenant_id = p_tenant AND e.idempotency_key = p_key
+    RETURNING e.* INTO taken;
+    IF was_abandoned THEN
+        UPDATE execution_attempts
+        SET outcome = 'abandoned', ended_at = now(), error_type = 'abandoned',
+            error_detail = 'the process running this attempt stopped before recording its outcome'
+        WHERE execution_id = taken.id AND attempt = taken.attempts - 1 AND ended_at IS NULL;
+    END IF;
+    INSERT INTO execution_attempts (execution_id, attempt, tenant_id)
+    VALUES (taken.id, taken.attempts, p_tenant);
+    RETURN QUERY SELECT true, false, taken;
 END
 $$
 """
 
-# Fenced by the attempt number: an attempt whose lease was taken over cannot overwrite the
-# attempt that took it.
+# False when the attempt no longer holds the execution (taken over, or finished).
+CREATE_RENEW = """
+CREATE FUNCTION renew_execution_lease(
+    p_tenant uuid, p_id bigint, p_attempt integer, p_lease_seconds double precision
+)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM set_config('app.tenant_id', p_tenant::text, true);
+    UPDATE executions
+    SET lease_expires_at = now() + make_interval(secs => p_lease_seconds)
+    WHERE tenant_id = p_tenant AND id = p_id AND attempts = p_attempt AND status = 'running';
+    RETURN FOUND;
+END
+$$
+"""
+
 CREATE_RECORD = """
 CREATE FUNCTION record_execution_outcome(
     p_tenant uuid, p_id bigint, p_attempt integer, p_status text, p_response_status integer,
     p_response_content_type text, p_response_headers jsonb, p_response_body bytea,
-    p_error_type text, p_error_detail text
+    p_response_body_bytes bigint, p_error_type text, p_error_detail text,
+    p_outcome_unknown boolean
 )
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
@@ -97,25 +146,68 @@ BEGIN
     SET status = p_status, response_status = p_response_status,
         response_content_type = p_response_content_type,
         response_headers = p_response_headers, response_body = p_response_body,
-        last_error_type = p_error_type, last_error_detail = p_error_detail,
+        response_body_bytes = p_response_body_bytes, outcome_unknown = p_outcome_unknown,
+        last_error_type = coalesce(p_error_type, last_error_type),
+        last_error_detail = CASE WHEN p_error_type IS NULL THEN last_error_detail
+                                 ELSE p_error_detail END,
         lease_expires_at = NULL, finished_at = now(), updated_at = now()
     WHERE tenant_id = p_tenant AND id = p_id AND attempts = p_attempt AND status = 'running';
-    RETURN FOUND;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE execution_attempts
+    SET ended_at = now(), outcome = p_status, n8n_status = p_response_status,
+        error_type = p_error_type, error_detail = p_error_detail
+    WHERE execution_id = p_id AND attempt = p_attempt;
+    PERFORM pg_notify('n8n_gate_execution_finished', p_tenant::text || ' ' || p_id::text);
+    RETURN true;
+END
+$$
+"""
+
+CREATE_RELEASE = """
+CREATE FUNCTION release_unforwarded_claim(p_tenant uuid, p_key text, p_owner uuid)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    released executions;
+BEGIN
+    PERFORM set_config('app.tenant_id', p_tenant::text, true);
+    UPDATE executions
+    SET status = 'failed', lease_expires_at = NULL, lease_owner = NULL,
+        finished_at = now(), updated_at = now(), outcome_unknown = false,
+        last_error_type = 'claim-interrupted',
+        last_error_detail = 'the database connection was lost while claiming; '
+                            'nothing was sent to n8n'
+    WHERE tenant_id = p_tenant AND idempotency_key = p_key AND status = 'running'
+      AND lease_owner = p_owner
+    RETURNING * INTO released;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE execution_attempts
+    SET ended_at = now(), outcome = 'failed', error_type = 'claim-interrupted',
+        error_detail = 'the database connection was lost while claiming; nothing was sent to n8n'
+    WHERE execution_id = released.id AND attempt = released.attempts;
+    PERFORM pg_notify('n8n_gate_execution_finished', p_tenant::text || ' ' || released.id::text);
+    RETURN true;
 END
 $$
 """
 
 SIGNATURES = [
-    "claim_execution(uuid, text, bytea, text, text, text, double precision)",
-    "retake_execution(uuid, text, double precision)",
-    "record_execution_outcome(uuid, bigint, integer, text, integer, text, jsonb, bytea, text, "
-    "text)",
+    "claim_execution(uuid, text, bytea, text, text, text, double precision, uuid)",
+    "retake_execution(uuid, text, double precision, uuid)",
+    "renew_execution_lease(uuid, bigint, integer, double precision)",
+    "record_execution_outcome(uuid, bigint, integer, text, integer, text, jsonb, bytea, bigint, "
+    "text, text, boolean)",
+    "release_unforwarded_claim(uuid, text, uuid)",
 ]
 
 
 def upgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
-    for statement in (CREATE_CLAIM, CREATE_RETAKE, CREATE_RECORD):
+    for statement in (CREATE_CLAIM, CREATE_RETAKE, CREATE_RENEW, CREATE_RECORD, CREATE_RELEASE):
         op.execute(statement)
     for signature in SIGNATURES:
         op.execute(f"REVOKE ALL ON FUNCTION {signature} FROM PUBLIC")
