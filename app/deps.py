@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Request
 
 from app.config import Settings
 from app.db import Pool
+from app.executions.retention import Reaper
 from app.executions.service import ExecutionService
 from app.tenants.service import Authenticator, Tenant
 
@@ -19,6 +20,7 @@ class Services:
     pool: Pool
     authenticator: Authenticator
     executions: ExecutionService
+    reaper: Reaper
 
 
 async def get_services(request: Request) -> Services:  # async: sync deps run in a thread

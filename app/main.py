@@ -1,4 +1,5 @@
-"""Builds the app. The lifespan owns every long-lived resource: the pool and the n8n client."""
+"""Builds the app. The lifespan owns every long-lived resource: the pool, the n8n client, the
+LISTEN connection and the reaper."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from app.config import Settings, get_settings
 from app.deps import Services
 from app.errors import install_handlers
 from app.executions.finished import FinishedExecutions
+from app.executions.retention import Reaper
 from app.executions.routes import router as executions_router
 from app.executions.service import ExecutionService
 from app.forwarding.client import N8nClient
@@ -52,12 +54,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     max_connections=settings.n8n_max_connections,
                 ) as n8n,
                 FinishedExecutions(str(settings.database_url)) as finished,
+                Reaper(
+                    pool,
+                    interval_seconds=settings.reaper_interval_seconds,
+                    batch_size=settings.reaper_batch_size,
+                ) as reaper,
             ):
                 executions = ExecutionService(
                     pool=pool, n8n=n8n, finished=finished, settings=settings
                 )
                 authenticator = Authenticator(pool, cache_seconds=settings.auth_cache_seconds)
-                yield {"services": Services(settings, pool, authenticator, executions)}
+                yield {"services": Services(settings, pool, authenticator, executions, reaper)}
                 await executions.drain(grace_seconds=settings.n8n_timeout_seconds)
         finally:
             await pool.close()

@@ -86,6 +86,7 @@ CREATE TABLE executions (
     response_body_bytes     bigint,
     outcome_unknown         boolean NOT NULL DEFAULT false,
     lease_owner             uuid,
+    expires_at              timestamptz,
     last_error_type         text,
     last_error_detail       text,
     created_at              timestamptz NOT NULL DEFAULT now(),
@@ -116,6 +117,8 @@ CREATE_LIST_INDEXES = [
     "CREATE INDEX executions_recent ON executions (tenant_id, id DESC)",
     "CREATE INDEX executions_status_recent ON executions (tenant_id, status, id DESC)",
     "CREATE INDEX executions_workflow_recent ON executions (tenant_id, workflow_path, id DESC)",
+    # Serves the reaper: finished executions by expiry.
+    "CREATE INDEX executions_expiry ON executions (expires_at) WHERE expires_at IS NOT NULL",
 ]
 
 ENABLE_RLS = [
@@ -138,6 +141,39 @@ CREATE_TENANT_POLICIES = [
     for table in ("executions", "execution_attempts")
 ]
 
+# The reaper deletes expired executions of every tenant. It runs as the owner through a
+# SECURITY DEFINER function; under FORCE RLS the owner needs a policy too, and this one shows it
+# expired rows only. The service role never has it.
+CREATE_OWNER_REAP_POLICY = """
+DO $$
+BEGIN
+    EXECUTE format(
+        'CREATE POLICY executions_owner_reaps_expired ON executions FOR ALL TO %I '
+        'USING (expires_at < now())',
+        current_user
+    );
+END
+$$;
+"""
+
+CREATE_REAPER = """
+CREATE FUNCTION reap_expired_executions(batch_size integer)
+RETURNS integer
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public
+AS $$
+    WITH doomed AS (
+        SELECT id FROM public.executions
+        WHERE expires_at < now()
+        ORDER BY expires_at
+        LIMIT batch_size
+        FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM public.executions e USING doomed d WHERE e.id = d.id RETURNING 1
+    )
+    SELECT count(*)::integer FROM gone
+$$
+"""
+
 CREATE_KEY_LOOKUP = """
 CREATE FUNCTION api_key_lookup(key_prefix text)
 RETURNS TABLE (tenant_id uuid, tenant_name text, key_hash bytea)
@@ -151,6 +187,8 @@ $$
 
 GRANTS = [
     "REVOKE ALL ON FUNCTION api_key_lookup(text) FROM PUBLIC",
+    "REVOKE ALL ON FUNCTION reap_expired_executions(integer) FROM PUBLIC",
+    "GRANT EXECUTE ON FUNCTION reap_expired_executions(integer) TO n8n_gate_app",
     "GRANT EXECUTE ON FUNCTION api_key_lookup(text) TO n8n_gate_app",
     "GRANT USAGE ON SCHEMA public TO n8n_gate_app",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON executions TO n8n_gate_app",
@@ -171,12 +209,15 @@ def upgrade() -> None:
     for statement in [*CREATE_LIST_INDEXES, *ENABLE_RLS, *CREATE_TENANT_POLICIES]:
         op.execute(statement)
     op.execute(CREATE_KEY_LOOKUP)
+    op.execute(CREATE_OWNER_REAP_POLICY)
+    op.execute(CREATE_REAPER)
     for statement in GRANTS:
         op.execute(statement)
 
 
 def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS api_key_lookup(text)")
+    op.execute("DROP FUNCTION IF EXISTS reap_expired_executions(integer)")
     op.execute("DROP TABLE IF EXISTS execution_attempts")
     op.execute("DROP TABLE IF EXISTS executions")
     op.execute("DROP TABLE IF EXISTS api_keys")

@@ -40,6 +40,9 @@ LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM set_config('app.tenant_id', p_tenant::text, true);
+    -- An expired key is new again, whether or not the reaper has been by.
+    DELETE FROM executions
+    WHERE tenant_id = p_tenant AND idempotency_key = p_key AND expires_at < now();
     RETURN QUERY
     WITH inserted AS (
         INSERT INTO executions AS e (
@@ -93,6 +96,7 @@ BEGIN
     SET status = 'running', attempts = e.attempts + 1,
         lease_expires_at = now() + make_interval(secs => p_lease_seconds), lease_owner = p_owner,
         started_at = now(), finished_at = NULL, updated_at = now(), outcome_unknown = false,
+        expires_at = NULL,
         response_status = NULL, response_content_type = NULL, response_headers = NULL,
         response_body = NULL, response_body_bytes = NULL,
         last_error_type = CASE WHEN was_abandoned THEN 'abandoned' ELSE e.last_error_type END,
@@ -136,7 +140,7 @@ CREATE FUNCTION record_execution_outcome(
     p_tenant uuid, p_id bigint, p_attempt integer, p_status text, p_response_status integer,
     p_response_content_type text, p_response_headers jsonb, p_response_body bytea,
     p_response_body_bytes bigint, p_error_type text, p_error_detail text,
-    p_outcome_unknown boolean
+    p_outcome_unknown boolean, p_keep_seconds double precision
 )
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
@@ -150,7 +154,8 @@ BEGIN
         last_error_type = coalesce(p_error_type, last_error_type),
         last_error_detail = CASE WHEN p_error_type IS NULL THEN last_error_detail
                                  ELSE p_error_detail END,
-        lease_expires_at = NULL, finished_at = now(), updated_at = now()
+        lease_expires_at = NULL, finished_at = now(), updated_at = now(),
+        expires_at = now() + make_interval(secs => p_keep_seconds)
     WHERE tenant_id = p_tenant AND id = p_id AND attempts = p_attempt AND status = 'running';
     IF NOT FOUND THEN
         RETURN false;
@@ -166,7 +171,9 @@ $$
 """
 
 CREATE_RELEASE = """
-CREATE FUNCTION release_unforwarded_claim(p_tenant uuid, p_key text, p_owner uuid)
+CREATE FUNCTION release_unforwarded_claim(
+    p_tenant uuid, p_key text, p_owner uuid, p_keep_seconds double precision
+)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -176,6 +183,7 @@ BEGIN
     UPDATE executions
     SET status = 'failed', lease_expires_at = NULL, lease_owner = NULL,
         finished_at = now(), updated_at = now(), outcome_unknown = false,
+        expires_at = now() + make_interval(secs => p_keep_seconds),
         last_error_type = 'claim-interrupted',
         last_error_detail = 'the database connection was lost while claiming; '
                             'nothing was sent to n8n'
@@ -200,8 +208,8 @@ SIGNATURES = [
     "retake_execution(uuid, text, double precision, uuid)",
     "renew_execution_lease(uuid, bigint, integer, double precision)",
     "record_execution_outcome(uuid, bigint, integer, text, integer, text, jsonb, bytea, bigint, "
-    "text, text, boolean)",
-    "release_unforwarded_claim(uuid, text, uuid)",
+    "text, text, boolean, double precision)",
+    "release_unforwarded_claim(uuid, text, uuid, double precision)",
 ]
 
 

@@ -1,14 +1,15 @@
 """Completed executions kept in memory, so replays need no database round trip.
 
-A completed execution never changes, so a copy cannot go stale while the key lives; entries
-still expire after `ttl_seconds` so that a key deleted from the database (retention) is not
-replayed for long after. Bounded by total body bytes; least recently used entries go first.
+A completed execution never changes, so a copy cannot go stale while the key lives. An entry
+is dropped when the key's retention ends (the database's clock set `expires_at`) and after
+`ttl_seconds` in any case. Bounded by total body bytes; least recently used entries go first.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from datetime import UTC, datetime
 from uuid import UUID
 
 from app.executions.repo import ExecutionRow
@@ -30,7 +31,7 @@ class CompletedExecutions:
         if entry is None:
             return None
         row, expires_at, _ = entry
-        if expires_at < time.monotonic():
+        if expires_at < time.monotonic() or _key_expired(row):
             self._drop((tenant_id, key))
             return None
         self._entries.move_to_end((tenant_id, key))
@@ -52,3 +53,8 @@ class CompletedExecutions:
         entry = self._entries.pop(cache_key, None)
         if entry is not None:
             self._bytes -= entry[2]
+
+
+def _key_expired(row: ExecutionRow) -> bool:
+    """Past the row's retention the key is new again, cached copy or not."""
+    return row.expires_at is not None and row.expires_at <= datetime.now(UTC)

@@ -16,7 +16,7 @@ _COLUMNS = """
     lease_expires_at, lease_expires_at < now() AS lease_expired,
     response_status, response_content_type, response_headers, response_body,
     response_body_bytes, outcome_unknown, last_error_type, last_error_detail,
-    created_at, updated_at, started_at, finished_at
+    created_at, updated_at, started_at, finished_at, expires_at
 """
 
 # The trigger path calls functions (migration 0002) that set the tenant for their own
@@ -25,9 +25,11 @@ CLAIM = (
     "SELECT claimed, lease_expired, execution FROM claim_execution($1, $2, $3, $4, $5, $6, $7, $8)"
 )
 RETAKE = "SELECT claimed, lease_expired, execution FROM retake_execution($1, $2, $3, $4)"
-RELEASE_UNFORWARDED = "SELECT release_unforwarded_claim($1, $2, $3)"
+RELEASE_UNFORWARDED = "SELECT release_unforwarded_claim($1, $2, $3, $4)"
+# Runs as the owner (SECURITY DEFINER), across tenants, expired rows only.
+REAP_EXPIRED = "SELECT reap_expired_executions($1)"
 RECORD_OUTCOME = (
-    "SELECT record_execution_outcome($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    "SELECT record_execution_outcome($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
 )
 RENEW_LEASE = "SELECT renew_execution_lease($1, $2, $3, $4)"
 
@@ -80,6 +82,7 @@ class ExecutionRow:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    expires_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -150,14 +153,25 @@ async def retake(
 
 
 async def release_unforwarded(
-    conn: AnyConnection, *, tenant_id: UUID, key: str, owner: UUID
+    conn: AnyConnection, *, tenant_id: UUID, key: str, owner: UUID, keep_seconds: float
 ) -> bool:
-    released: bool = await conn.fetchval(RELEASE_UNFORWARDED, tenant_id, key, owner)
+    released: bool = await conn.fetchval(RELEASE_UNFORWARDED, tenant_id, key, owner, keep_seconds)
     return released
 
 
+async def reap_expired(conn: AnyConnection, *, batch_size: int) -> int:
+    deleted: int = await conn.fetchval(REAP_EXPIRED, batch_size)
+    return deleted
+
+
 async def record_outcome(
-    conn: AnyConnection, *, tenant_id: UUID, execution_id: int, attempt: int, outcome: Outcome
+    conn: AnyConnection,
+    *,
+    tenant_id: UUID,
+    execution_id: int,
+    attempt: int,
+    outcome: Outcome,
+    keep_seconds: float,
 ) -> bool:
     headers = None if outcome.response_headers is None else json.dumps(outcome.response_headers)
     recorded: bool = await conn.fetchval(
@@ -174,6 +188,7 @@ async def record_outcome(
         outcome.error_type,
         outcome.error_detail,
         outcome.outcome_unknown,
+        keep_seconds,
     )
     return recorded
 

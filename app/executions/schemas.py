@@ -63,6 +63,9 @@ class ExecutionSummary(BaseModel):
 
 class Execution(ExecutionSummary):
     lease_expires_at: datetime | None
+    expires_at: datetime | None = Field(
+        description="When the key is forgotten and becomes new again; null while it runs."
+    )
     outcome_unknown: bool = Field(
         description="The last attempt reached n8n but no answer came back: it may have run."
     )
@@ -84,6 +87,7 @@ def execution_of(row: ExecutionRow, attempts: list[AttemptRow]) -> Execution:
     return Execution(
         **_summary_fields(row),
         lease_expires_at=row.lease_expires_at,
+        expires_at=row.expires_at,
         outcome_unknown=row.outcome_unknown,
         response=_recorded_response(row),
         last_error=ExecutionError(type=row.last_error_type, detail=row.last_error_detail)

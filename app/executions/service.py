@@ -352,7 +352,18 @@ class ExecutionService:
 
     async def _release_once(self, tenant: Tenant, key: str, owner: uuid.UUID) -> None:
         async with db.connection(self.pool) as conn:
-            await repo.release_unforwarded(conn, tenant_id=tenant.id, key=key, owner=owner)
+            await repo.release_unforwarded(
+                conn,
+                tenant_id=tenant.id,
+                key=key,
+                owner=owner,
+                keep_seconds=self.settings.failed_key_retention_seconds,
+            )
+
+    def _retention(self, status: str) -> float:
+        if status == "completed":
+            return self.settings.key_retention_seconds
+        return self.settings.failed_key_retention_seconds
 
     def _retry_in_background(self, action: Callable[[], Awaitable[None]], *, what: str) -> None:
         """Run `action` until the database takes it (bounded); shutdown waits for it too."""
@@ -383,6 +394,7 @@ class ExecutionService:
                 execution_id=row.id,
                 attempt=row.attempts,
                 outcome=outcome,
+                keep_seconds=self._retention(outcome.status),
             )
         if not recorded:  # recorded already (an earlier try committed unseen) or taken over
             logger.info("execution %s attempt %s no longer running", row.id, row.attempts)

@@ -1,0 +1,55 @@
+"""The reaper: deletes expired executions in small batches, in every gateway process.
+
+Batches are separate short transactions that skip rows another reaper holds, so several
+processes can reap at once and none holds locks for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from app import db
+from app.errors import DatabaseUnavailable
+from app.executions import repo
+
+logger = logging.getLogger(__name__)
+
+
+class Reaper:
+    def __init__(self, pool: db.Pool, *, interval_seconds: float, batch_size: int) -> None:
+        self._pool = pool
+        self._interval_seconds = interval_seconds
+        self._batch_size = batch_size
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Reaper:
+        if self._interval_seconds > 0:
+            self._task = asyncio.create_task(self._run_forever())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def reap_once(self) -> int:
+        """Delete every execution expired by now, batch by batch; return how many."""
+        total = 0
+        while True:
+            async with db.connection(self._pool) as conn:
+                deleted = await repo.reap_expired(conn, batch_size=self._batch_size)
+            total += deleted
+            if deleted < self._batch_size:
+                return total
+
+    async def _run_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_seconds)
+            try:
+                if deleted := await self.reap_once():
+                    logger.info("reaped %d expired executions", deleted)
+            except DatabaseUnavailable:
+                logger.warning("reaper: database unavailable; trying again later")
