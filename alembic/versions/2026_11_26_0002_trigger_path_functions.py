@@ -28,8 +28,9 @@ down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# When the INSERT inserts nothing, the second statement (a new snapshot: plpgsql takes one per
-# statement) returns the row that won.
+# When the INSERT inserts nothing, the key is taken: an expired row is deleted and the insert
+# tried once more; otherwise the last statement (a new snapshot: plpgsql takes one per
+# statement) returns the row that won. New keys pay for the INSERT alone.
 CREATE_CLAIM = """
 CREATE FUNCTION claim_execution(
     p_tenant uuid, p_key text, p_fingerprint bytea, p_method text, p_mode text,
@@ -40,32 +41,36 @@ LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM set_config('app.tenant_id', p_tenant::text, true);
-    -- An expired key is new again, whether or not the reaper has been by.
-    DELETE FROM executions
-    WHERE tenant_id = p_tenant AND idempotency_key = p_key AND expires_at < now();
-    RETURN QUERY
-    WITH inserted AS (
-        INSERT INTO executions AS e (
-            tenant_id, idempotency_key, fingerprint, method, mode, workflow_path,
-            status, attempts, lease_expires_at, lease_owner, started_at
-        )
-        VALUES (
-            p_tenant, p_key, p_fingerprint, p_method, p_mode, p_workflow_path,
-            'running', 1, now() + make_interval(secs => p_lease_seconds), p_owner, now()
-        )
-        ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
-        RETURNING e
-    ), first_attempt AS (
-        INSERT INTO execution_attempts (execution_id, attempt, tenant_id)
-        SELECT (i.e).id, 1, p_tenant FROM inserted i
-    )
-    SELECT true, false, (i.e)::executions FROM inserted i;
-    IF NOT FOUND THEN
+    FOR try_number IN 1..2 LOOP
         RETURN QUERY
-        SELECT false, e.lease_expires_at < now(), e
-        FROM executions e
-        WHERE e.tenant_id = p_tenant AND e.idempotency_key = p_key;
-    END IF;
+        WITH inserted AS (
+            INSERT INTO executions AS e (
+                tenant_id, idempotency_key, fingerprint, method, mode, workflow_path,
+                status, attempts, lease_expires_at, lease_owner, started_at
+            )
+            VALUES (
+                p_tenant, p_key, p_fingerprint, p_method, p_mode, p_workflow_path,
+                'running', 1, now() + make_interval(secs => p_lease_seconds), p_owner, now()
+            )
+            ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+            RETURNING e
+        ), first_attempt AS (
+            INSERT INTO execution_attempts (execution_id, attempt, tenant_id)
+            SELECT (i.e).id, 1, p_tenant FROM inserted i
+        )
+        SELECT true, false, (i.e)::executions FROM inserted i;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        -- The key is taken. Past its retention it is new again, reaped yet or not.
+        DELETE FROM executions
+        WHERE tenant_id = p_tenant AND idempotency_key = p_key AND expires_at < now();
+        EXIT WHEN NOT FOUND;
+    END LOOP;
+    RETURN QUERY
+    SELECT false, e.lease_expires_at < now(), e
+    FROM executions e
+    WHERE e.tenant_id = p_tenant AND e.idempotency_key = p_key;
 END
 $$
 """
