@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from app import db
 from app.config import Settings, get_settings
+from app.delivery.workers import DeliveryWorkers
 from app.deps import Services
 from app.errors import install_handlers
 from app.executions.finished import FinishedExecutions
@@ -63,8 +64,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 executions = ExecutionService(
                     pool=pool, n8n=n8n, finished=finished, settings=settings
                 )
+                workers = DeliveryWorkers(
+                    executions,
+                    count=settings.delivery_workers,
+                    poll_seconds=settings.delivery_poll_seconds,
+                    grace_seconds=settings.n8n_timeout_seconds,
+                )
+                finished.on_delivery_due = workers.wake
                 authenticator = Authenticator(pool, cache_seconds=settings.auth_cache_seconds)
-                yield {"services": Services(settings, pool, authenticator, executions, reaper)}
+                async with workers:
+                    yield {"services": Services(settings, pool, authenticator, executions, reaper)}
                 await executions.drain(grace_seconds=settings.n8n_timeout_seconds)
         finally:
             await pool.close()

@@ -6,6 +6,7 @@ Registered production webhooks (method, path → behaviour):
     POST fail          the workflow errors: 500 {"message": "Error in workflow"}
     POST slow          waits until released (or ?delay= seconds), then echoes
     POST flaky         500 while `failures_left[key]` > 0, then echoes
+    POST busy          429 with Retry-After: 1 while `failures_left[key]` > 0, then echoes
     POST binary        200 application/octet-stream bytes (not UTF-8)
     POST respond       "Respond to Webhook" node: 201, text body, custom X-Execution-Id header
     POST missing-order "Respond to Webhook" node answering a workflow-level 404
@@ -101,6 +102,7 @@ class FakeN8n:
             "fail": self._fail,
             "slow": self._slow,
             "flaky": self._flaky,
+            "busy": self._busy,
             "binary": self._binary,
             "respond": self._respond,
             "missing-order": self._missing_order,
@@ -161,6 +163,15 @@ class FakeN8n:
             self.failures_left[key] = max(left - 1, 0)
         if left > 0:
             return await self._fail(call)
+        return await self._echo(call)
+
+    async def _busy(self, call: Call) -> Response:
+        key = call.key or ""
+        with self._lock:
+            left = self.failures_left.get(key, 0)
+            self.failures_left[key] = max(left - 1, 0)
+        if left > 0:
+            return JSONResponse({"message": "Too many requests"}, 429, {"Retry-After": "1"})
         return await self._echo(call)
 
     async def _binary(self, call: Call) -> Response:

@@ -22,17 +22,26 @@ def loopback_socket() -> socket.socket:
 @contextmanager
 def refusing_port() -> Iterator[int]:
     """A port that is bound but never listens: connecting to it is refused at once."""
+    with bound_socket() as sock:
+        yield sock.getsockname()[1]
+
+
+@contextmanager
+def bound_socket() -> Iterator[socket.socket]:
+    """A loopback socket, bound, not listening (refusing) until a server is started on it."""
     sock = loopback_socket()
     try:
-        yield sock.getsockname()[1]
+        yield sock
     finally:
         sock.close()
 
 
 @contextmanager
-def serve_in_thread(app: Any, *, timeout: float = 10.0) -> Iterator[str]:
-    """Run an ASGI app in a real uvicorn on loopback; yields its base URL."""
-    sock = loopback_socket()
+def serve_in_thread(
+    app: Any, *, timeout: float = 10.0, sock: socket.socket | None = None
+) -> Iterator[str]:
+    """Run an ASGI app in a real uvicorn on loopback (on `sock` if given); yields its URL."""
+    sock = sock or loopback_socket()
     config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

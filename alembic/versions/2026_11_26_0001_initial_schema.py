@@ -87,6 +87,12 @@ CREATE TABLE executions (
     outcome_unknown         boolean NOT NULL DEFAULT false,
     lease_owner             uuid,
     expires_at              timestamptz,
+    deliver_async           boolean NOT NULL DEFAULT false,
+    next_attempt_at         timestamptz,
+    request_raw_path        text,
+    request_query           text,
+    request_headers         jsonb,
+    request_body            bytea,
     last_error_type         text,
     last_error_detail       text,
     created_at              timestamptz NOT NULL DEFAULT now(),
@@ -112,11 +118,24 @@ CREATE TABLE execution_attempts (
 )
 """
 
+# Executions waiting for a delivery worker (Prefer: respond-async): due now, due after a retry
+# delay, or running (due again when the lease would run out). It holds ids and times only, no
+# tenant data, so workers can pick across tenants without RLS; everything about the execution
+# itself is read under RLS once the worker has set the tenant.
+CREATE_DELIVERY_QUEUE = """
+CREATE TABLE delivery_queue (
+    execution_id    bigint PRIMARY KEY REFERENCES executions (id) ON DELETE CASCADE,
+    tenant_id       uuid NOT NULL,
+    due_at          timestamptz NOT NULL
+)
+"""
+
 # The unique constraint above serves the claim and the status lookup; these serve the list.
 CREATE_LIST_INDEXES = [
     "CREATE INDEX executions_recent ON executions (tenant_id, id DESC)",
     "CREATE INDEX executions_status_recent ON executions (tenant_id, status, id DESC)",
     "CREATE INDEX executions_workflow_recent ON executions (tenant_id, workflow_path, id DESC)",
+    "CREATE INDEX delivery_queue_due ON delivery_queue (due_at)",
     # Serves the reaper: finished executions by expiry.
     "CREATE INDEX executions_expiry ON executions (expires_at) WHERE expires_at IS NOT NULL",
 ]
@@ -193,6 +212,7 @@ GRANTS = [
     "GRANT USAGE ON SCHEMA public TO n8n_gate_app",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON executions TO n8n_gate_app",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON execution_attempts TO n8n_gate_app",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON delivery_queue TO n8n_gate_app",
     # /readyz and the startup check compare the schema revision with the build.
     "GRANT SELECT ON alembic_version TO n8n_gate_app",
 ]
@@ -206,6 +226,7 @@ def upgrade() -> None:
     op.execute(CREATE_API_KEYS)
     op.execute(CREATE_EXECUTIONS)
     op.execute(CREATE_ATTEMPTS)
+    op.execute(CREATE_DELIVERY_QUEUE)
     for statement in [*CREATE_LIST_INDEXES, *ENABLE_RLS, *CREATE_TENANT_POLICIES]:
         op.execute(statement)
     op.execute(CREATE_KEY_LOOKUP)
@@ -218,6 +239,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS api_key_lookup(text)")
     op.execute("DROP FUNCTION IF EXISTS reap_expired_executions(integer)")
+    op.execute("DROP TABLE IF EXISTS delivery_queue")
     op.execute("DROP TABLE IF EXISTS execution_attempts")
     op.execute("DROP TABLE IF EXISTS executions")
     op.execute("DROP TABLE IF EXISTS api_keys")

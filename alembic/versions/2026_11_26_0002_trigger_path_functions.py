@@ -135,7 +135,12 @@ BEGIN
     UPDATE executions
     SET lease_expires_at = now() + make_interval(secs => p_lease_seconds)
     WHERE tenant_id = p_tenant AND id = p_id AND attempts = p_attempt AND status = 'running';
-    RETURN FOUND;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE delivery_queue SET due_at = now() + make_interval(secs => p_lease_seconds)
+    WHERE execution_id = p_id;
+    RETURN true;
 END
 $$
 """
@@ -145,14 +150,18 @@ CREATE FUNCTION record_execution_outcome(
     p_tenant uuid, p_id bigint, p_attempt integer, p_status text, p_response_status integer,
     p_response_content_type text, p_response_headers jsonb, p_response_body bytea,
     p_response_body_bytes bigint, p_error_type text, p_error_detail text,
-    p_outcome_unknown boolean, p_keep_seconds double precision
+    p_outcome_unknown boolean, p_keep_seconds double precision, p_retry_at timestamptz
 )
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    retrying boolean := p_status = 'failed' AND p_retry_at IS NOT NULL;
 BEGIN
     PERFORM set_config('app.tenant_id', p_tenant::text, true);
     UPDATE executions
-    SET status = p_status, response_status = p_response_status,
+    SET status = CASE WHEN retrying THEN 'pending' ELSE p_status END,
+        next_attempt_at = CASE WHEN retrying THEN p_retry_at END,
+        response_status = p_response_status,
         response_content_type = p_response_content_type,
         response_headers = p_response_headers, response_body = p_response_body,
         response_body_bytes = p_response_body_bytes, outcome_unknown = p_outcome_unknown,
@@ -160,7 +169,8 @@ BEGIN
         last_error_detail = CASE WHEN p_error_type IS NULL THEN last_error_detail
                                  ELSE p_error_detail END,
         lease_expires_at = NULL, finished_at = now(), updated_at = now(),
-        expires_at = now() + make_interval(secs => p_keep_seconds)
+        expires_at = CASE WHEN retrying THEN NULL
+                          ELSE now() + make_interval(secs => p_keep_seconds) END
     WHERE tenant_id = p_tenant AND id = p_id AND attempts = p_attempt AND status = 'running';
     IF NOT FOUND THEN
         RETURN false;
@@ -169,6 +179,11 @@ BEGIN
     SET ended_at = now(), outcome = p_status, n8n_status = p_response_status,
         error_type = p_error_type, error_detail = p_error_detail
     WHERE execution_id = p_id AND attempt = p_attempt;
+    IF retrying THEN
+        UPDATE delivery_queue SET due_at = p_retry_at WHERE execution_id = p_id;
+    ELSE
+        DELETE FROM delivery_queue WHERE execution_id = p_id;
+    END IF;
     PERFORM pg_notify('n8n_gate_execution_finished', p_tenant::text || ' ' || p_id::text);
     RETURN true;
 END
@@ -208,19 +223,134 @@ END
 $$
 """
 
+# Stores an async trigger (Prefer: respond-async) for the delivery workers, or returns the row
+# that holds the key, as claim_execution does.
+CREATE_ACCEPT = """
+CREATE FUNCTION accept_execution(
+    p_tenant uuid, p_key text, p_fingerprint bytea, p_method text, p_mode text,
+    p_workflow_path text, p_raw_path text, p_query text, p_headers jsonb, p_body bytea
+)
+RETURNS TABLE (claimed boolean, lease_expired boolean, execution executions)
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM set_config('app.tenant_id', p_tenant::text, true);
+    FOR try_number IN 1..2 LOOP
+        RETURN QUERY
+        WITH inserted AS (
+            INSERT INTO executions AS e (
+                tenant_id, idempotency_key, fingerprint, method, mode, workflow_path,
+                status, attempts, deliver_async, next_attempt_at,
+                request_raw_path, request_query, request_headers, request_body
+            )
+            VALUES (
+                p_tenant, p_key, p_fingerprint, p_method, p_mode, p_workflow_path,
+                'pending', 0, true, now(), p_raw_path, p_query, p_headers, p_body
+            )
+            ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+            RETURNING e
+        ), queued AS (
+            INSERT INTO delivery_queue (execution_id, tenant_id, due_at)
+            SELECT (i.e).id, p_tenant, now() FROM inserted i
+        )
+        SELECT true, false, (i.e)::executions FROM inserted i;
+        IF FOUND THEN
+            PERFORM pg_notify('n8n_gate_delivery_due', '');
+            RETURN;
+        END IF;
+        DELETE FROM executions
+        WHERE tenant_id = p_tenant AND idempotency_key = p_key AND expires_at < now();
+        EXIT WHEN NOT FOUND;
+    END LOOP;
+    RETURN QUERY
+    SELECT false, e.lease_expires_at < now(), e
+    FROM executions e
+    WHERE e.tenant_id = p_tenant AND e.idempotency_key = p_key;
+END
+$$
+"""
+
+# A worker takes the next due delivery: a pending execution, or a running one whose worker
+# died (its lease, and so its queue entry, ran out). SKIP LOCKED keeps two workers apart.
+CREATE_TAKE = """
+CREATE FUNCTION take_due_delivery(p_lease_seconds double precision, p_owner uuid)
+RETURNS TABLE (tenant_id uuid, execution executions)
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+    queued record;
+    existing executions;
+    taken executions;
+BEGIN
+    FOR try_number IN 1..10 LOOP
+        SELECT q.execution_id, q.tenant_id INTO queued
+        FROM delivery_queue q
+        WHERE q.due_at <= now()
+        ORDER BY q.due_at
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        PERFORM set_config('app.tenant_id', queued.tenant_id::text, true);
+        SELECT * INTO existing FROM executions e WHERE e.id = queued.execution_id FOR UPDATE;
+        IF NOT FOUND OR existing.status IN ('completed', 'failed') THEN
+            DELETE FROM delivery_queue q WHERE q.execution_id = queued.execution_id;
+        ELSIF existing.status = 'running' AND existing.lease_expires_at >= now() THEN
+            UPDATE delivery_queue q SET due_at = existing.lease_expires_at
+            WHERE q.execution_id = queued.execution_id;
+        ELSE
+            UPDATE delivery_queue q
+            SET due_at = now() + make_interval(secs => p_lease_seconds)
+            WHERE q.execution_id = queued.execution_id;
+            UPDATE executions AS e
+            SET status = 'running', attempts = e.attempts + 1,
+                lease_expires_at = now() + make_interval(secs => p_lease_seconds),
+                lease_owner = p_owner, started_at = now(), finished_at = NULL,
+                next_attempt_at = NULL, updated_at = now(), outcome_unknown = false
+            WHERE e.id = queued.execution_id
+            RETURNING * INTO taken;
+            IF existing.status = 'running' THEN
+                UPDATE execution_attempts a
+                SET outcome = 'abandoned', ended_at = now(), error_type = 'abandoned',
+                    error_detail = 'the process delivering this attempt stopped before '
+                                   'recording its outcome'
+                WHERE a.execution_id = taken.id AND a.attempt = taken.attempts - 1
+                  AND a.ended_at IS NULL;
+            END IF;
+            INSERT INTO execution_attempts (execution_id, attempt, tenant_id)
+            VALUES (taken.id, taken.attempts, queued.tenant_id);
+            RETURN QUERY SELECT queued.tenant_id, taken;
+            RETURN;
+        END IF;
+    END LOOP;
+END
+$$
+"""
+
 SIGNATURES = [
     "claim_execution(uuid, text, bytea, text, text, text, double precision, uuid)",
     "retake_execution(uuid, text, double precision, uuid)",
     "renew_execution_lease(uuid, bigint, integer, double precision)",
     "record_execution_outcome(uuid, bigint, integer, text, integer, text, jsonb, bytea, bigint, "
-    "text, text, boolean, double precision)",
+    "text, text, boolean, double precision, timestamptz)",
+    "accept_execution(uuid, text, bytea, text, text, text, text, text, jsonb, bytea)",
+    "take_due_delivery(double precision, uuid)",
     "release_unforwarded_claim(uuid, text, uuid, double precision)",
 ]
 
 
 def upgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
-    for statement in (CREATE_CLAIM, CREATE_RETAKE, CREATE_RENEW, CREATE_RECORD, CREATE_RELEASE):
+    for statement in (
+        CREATE_CLAIM,
+        CREATE_RETAKE,
+        CREATE_RENEW,
+        CREATE_RECORD,
+        CREATE_RELEASE,
+        CREATE_ACCEPT,
+        CREATE_TAKE,
+    ):
         op.execute(statement)
     for signature in SIGNATURES:
         op.execute(f"REVOKE ALL ON FUNCTION {signature} FROM PUBLIC")

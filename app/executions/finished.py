@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from uuid import UUID
 
@@ -21,6 +21,9 @@ import asyncpg
 logger = logging.getLogger(__name__)
 
 CHANNEL = "n8n_gate_execution_finished"
+# Accepted async executions; the delivery workers of this process subscribe through
+# `on_delivery_due`, so one LISTEN connection serves both.
+DELIVERY_CHANNEL = "n8n_gate_delivery_due"
 RECONNECT_SECONDS = 1.0
 
 
@@ -29,6 +32,7 @@ class FinishedExecutions:
         self._dsn = dsn
         self._waiters: defaultdict[tuple[UUID, int], set[asyncio.Future[None]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
+        self.on_delivery_due: Callable[[], None] | None = None
 
     async def __aenter__(self) -> FinishedExecutions:
         self._task = asyncio.create_task(self._listen_forever())
@@ -76,6 +80,7 @@ class FinishedExecutions:
         conn.add_termination_listener(lambda _: closed.set())
         try:
             await conn.add_listener(CHANNEL, self._on_notification)
+            await conn.add_listener(DELIVERY_CHANNEL, self._on_delivery_due)
             self._wake_all()  # anything that finished while we were not listening
             await closed.wait()
         finally:
@@ -93,6 +98,16 @@ class FinishedExecutions:
         with contextlib.suppress(ValueError):
             self._wake((UUID(tenant), int(execution_id)))
 
+    def _on_delivery_due(
+        self,
+        conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+        pid: int,
+        channel: str,
+        payload: object,
+    ) -> None:
+        if self.on_delivery_due is not None:
+            self.on_delivery_due()
+
     def _wake(self, waited_on: tuple[UUID, int]) -> None:
         for future in self._waiters.pop(waited_on, set()):
             if not future.done():
@@ -101,3 +116,5 @@ class FinishedExecutions:
     def _wake_all(self) -> None:
         for waited_on in list(self._waiters):
             self._wake(waited_on)
+        if self.on_delivery_due is not None:
+            self.on_delivery_due()

@@ -16,7 +16,7 @@ _COLUMNS = """
     lease_expires_at, lease_expires_at < now() AS lease_expired,
     response_status, response_content_type, response_headers, response_body,
     response_body_bytes, outcome_unknown, last_error_type, last_error_detail,
-    created_at, updated_at, started_at, finished_at, expires_at
+    created_at, updated_at, started_at, finished_at, expires_at, deliver_async, next_attempt_at
 """
 
 # The trigger path calls functions (migration 0002) that set the tenant for their own
@@ -25,11 +25,16 @@ CLAIM = (
     "SELECT claimed, lease_expired, execution FROM claim_execution($1, $2, $3, $4, $5, $6, $7, $8)"
 )
 RETAKE = "SELECT claimed, lease_expired, execution FROM retake_execution($1, $2, $3, $4)"
+ACCEPT = (
+    "SELECT claimed, lease_expired, execution "
+    "FROM accept_execution($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+)
+TAKE_DUE = "SELECT tenant_id, execution FROM take_due_delivery($1, $2)"
 RELEASE_UNFORWARDED = "SELECT release_unforwarded_claim($1, $2, $3, $4)"
 # Runs as the owner (SECURITY DEFINER), across tenants, expired rows only.
 REAP_EXPIRED = "SELECT reap_expired_executions($1)"
 RECORD_OUTCOME = (
-    "SELECT record_execution_outcome($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    "SELECT record_execution_outcome($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
 )
 RENEW_LEASE = "SELECT renew_execution_lease($1, $2, $3, $4)"
 
@@ -83,6 +88,8 @@ class ExecutionRow:
     started_at: datetime | None
     finished_at: datetime | None
     expires_at: datetime | None
+    deliver_async: bool
+    next_attempt_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -113,15 +120,42 @@ def _row(record: asyncpg.Record | None) -> ExecutionRow | None:
     return None if record is None else ExecutionRow(**dict(record))
 
 
-def _function_row(record: asyncpg.Record | None) -> ExecutionRow | None:
+# Columns of the composite `executions` row that ExecutionRow does not carry.
+_NOT_IN_ROW = frozenset(
+    {
+        "tenant_id",
+        "lease_owner",
+        "request_raw_path",
+        "request_query",
+        "request_headers",
+        "request_body",
+    }
+)
+
+
+def _function_row(
+    record: asyncpg.Record | None, *, claimed: bool | None = None
+) -> ExecutionRow | None:
     if record is None:
         return None
-    columns = {
-        name: value
-        for name, value in record["execution"].items()
-        if name not in {"tenant_id", "lease_owner"}
-    }
-    return ExecutionRow(claimed=record["claimed"], lease_expired=record["lease_expired"], **columns)
+    columns = {k: v for k, v in record["execution"].items() if k not in _NOT_IN_ROW}
+    return ExecutionRow(
+        claimed=record["claimed"] if claimed is None else claimed,
+        lease_expired=record.get("lease_expired", False),
+        **columns,
+    )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """An async execution a worker has taken, with the request it stored."""
+
+    tenant_id: UUID
+    row: ExecutionRow
+    raw_path: str
+    query: str
+    headers: list[tuple[str, str]]
+    body: bytes
 
 
 async def claim(
@@ -140,6 +174,53 @@ async def claim(
         CLAIM, tenant_id, key, fingerprint, method, mode, workflow_path, lease_seconds, owner
     )
     return _function_row(record)
+
+
+async def accept(
+    conn: AnyConnection,
+    *,
+    tenant_id: UUID,
+    key: str,
+    fingerprint: bytes,
+    method: str,
+    mode: str,
+    workflow_path: str,
+    raw_path: str,
+    query: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+) -> ExecutionRow | None:
+    record = await conn.fetchrow(
+        ACCEPT,
+        tenant_id,
+        key,
+        fingerprint,
+        method,
+        mode,
+        workflow_path,
+        raw_path,
+        query,
+        json.dumps(headers),
+        body,
+    )
+    return _function_row(record)
+
+
+async def take_due(conn: AnyConnection, *, lease_seconds: float, owner: UUID) -> Delivery | None:
+    record = await conn.fetchrow(TAKE_DUE, lease_seconds, owner)
+    if record is None:
+        return None
+    execution = record["execution"]
+    row = _function_row(record, claimed=True)
+    assert row is not None
+    return Delivery(
+        tenant_id=record["tenant_id"],
+        row=row,
+        raw_path=execution["request_raw_path"],
+        query=execution["request_query"] or "",
+        headers=[(name, value) for name, value in json.loads(execution["request_headers"])],
+        body=execution["request_body"] or b"",
+    )
 
 
 async def find_by_key(conn: AnyConnection, *, tenant_id: UUID, key: str) -> ExecutionRow | None:
@@ -172,6 +253,7 @@ async def record_outcome(
     attempt: int,
     outcome: Outcome,
     keep_seconds: float,
+    retry_at: datetime | None = None,
 ) -> bool:
     headers = None if outcome.response_headers is None else json.dumps(outcome.response_headers)
     recorded: bool = await conn.fetchval(
@@ -189,6 +271,7 @@ async def record_outcome(
         outcome.error_detail,
         outcome.outcome_unknown,
         keep_seconds,
+        retry_at,
     )
     return recorded
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
 
 from app.deps import CurrentTenant, ServicesDep, get_services
 from app.errors import GateError, InvalidRequest, PayloadTooLarge
+from app.executions.repo import ExecutionRow
 from app.executions.schemas import (
     Execution,
     ExecutionPage,
@@ -23,6 +25,7 @@ from app.executions.trigger import (
     location_for,
     parse_idempotency_key,
     parse_prefer_wait,
+    parse_preferences,
     parse_webhook_path,
 )
 
@@ -90,25 +93,51 @@ async def _trigger(request: Request, *, mode: Mode) -> Response:
         body=await _read_body(request, limit=services.settings.max_body_bytes),
     )
     client_host = request.client.host if request.client else None
-    wait = _applied_wait(request, cap=services.settings.max_wait_seconds)
+    preferences = parse_preferences(request.headers.getlist("prefer"))
+    applied = _applied_preferences(preferences, max_wait=services.settings.max_wait_seconds)
     try:
-        answer = await services.executions.trigger(
-            tenant=tenant, request=trigger, client_host=client_host, wait_seconds=wait or 0
-        )
+        if "respond-async" in applied:
+            row = await services.executions.accept(
+                tenant=tenant, request=trigger, client_host=client_host
+            )
+            response = _accepted(row, key=key)
+        else:
+            wait = int(applied.get("wait", "0"))
+            answer = await services.executions.trigger(
+                tenant=tenant, request=trigger, client_host=client_host, wait_seconds=wait
+            )
+            response = _response(answer, key=key)
     except GateError as exc:
         exc.headers.setdefault("Location", location_for(key))
-        if wait is not None:
-            exc.headers["Preference-Applied"] = f"wait={wait}"
+        if applied:
+            exc.headers["Preference-Applied"] = _preference_applied(applied)
         raise
-    response = _response(answer, key=key)
-    if wait is not None:
-        response.headers["Preference-Applied"] = f"wait={wait}"
+    if applied:
+        response.headers["Preference-Applied"] = _preference_applied(applied)
     return response
 
 
-def _applied_wait(request: Request, *, cap: int) -> int | None:
-    requested = parse_prefer_wait(request.headers.getlist("prefer"))
-    return None if requested is None else min(requested, cap)
+def _applied_preferences(preferences: dict[str, str], *, max_wait: int) -> dict[str, str]:
+    """The preferences this gateway honours, as it applies them (wait is capped)."""
+    if "respond-async" in preferences:
+        return {"respond-async": ""}
+    wait = parse_prefer_wait([f"wait={preferences['wait']}"]) if "wait" in preferences else None
+    return {} if wait is None else {"wait": str(min(wait, max_wait))}
+
+
+def _preference_applied(applied: dict[str, str]) -> str:
+    return ", ".join(f"{token}={value}" if value else token for token, value in applied.items())
+
+
+def _accepted(row: ExecutionRow, *, key: str) -> Response:
+    location = location_for(key)
+    response = JSONResponse(
+        {"key": key, "status": row.status, "location": location}, status_code=202
+    )
+    response.headers["Location"] = location
+    if not row.claimed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 async def _read_body(request: Request, *, limit: int) -> bytes:

@@ -62,6 +62,12 @@ class ExecutionSummary(BaseModel):
 
 
 class Execution(ExecutionSummary):
+    delivery: Literal["sync", "async"] = Field(
+        description="async: accepted with Prefer: respond-async and delivered by the gateway"
+    )
+    next_attempt_at: datetime | None = Field(
+        description="When a pending async execution is delivered next."
+    )
     lease_expires_at: datetime | None
     expires_at: datetime | None = Field(
         description="When the key is forgotten and becomes new again; null while it runs."
@@ -86,6 +92,8 @@ def summary_of(row: ExecutionRow) -> ExecutionSummary:
 def execution_of(row: ExecutionRow, attempts: list[AttemptRow]) -> Execution:
     return Execution(
         **_summary_fields(row),
+        delivery="async" if row.deliver_async else "sync",
+        next_attempt_at=row.next_attempt_at,
         lease_expires_at=row.lease_expires_at,
         expires_at=row.expires_at,
         outcome_unknown=row.outcome_unknown,

@@ -23,10 +23,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Literal
+from uuid import UUID
 
 from app import db
 from app.config import Settings
+from app.delivery.backoff import Backoff, parse_retry_after
 from app.errors import (
     DatabaseUnavailable,
     ExecutionInFlight,
@@ -42,6 +45,7 @@ from app.executions.cache import CompletedExecutions
 from app.executions.finished import FinishedExecutions
 from app.executions.trigger import TriggerRequest, location_for
 from app.forwarding.client import N8nClient, N8nResponse
+from app.forwarding.headers import NOT_FORWARDED, end_to_end
 from app.tenants.service import Tenant
 
 logger = logging.getLogger(__name__)
@@ -83,11 +87,17 @@ class ExecutionService:
     n8n: N8nClient
     finished: FinishedExecutions
     settings: Settings
+    backoff: Backoff = field(init=False)
     _in_flight: set[asyncio.Task[GatewayAnswer]] = field(default_factory=set)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     _completed: CompletedExecutions = field(init=False)
 
     def __post_init__(self) -> None:
+        self.backoff = Backoff(
+            base_seconds=self.settings.retry_base_seconds,
+            cap_seconds=self.settings.retry_cap_seconds,
+            max_attempts=self.settings.retry_max_attempts,
+        )
         self._completed = CompletedExecutions(
             max_bytes=self.settings.replay_cache_bytes,
             ttl_seconds=self.settings.replay_cache_seconds,
@@ -112,7 +122,7 @@ class ExecutionService:
             return replay_answer(row)
         # Once claimed, the forward and its record must finish even if the client goes away.
         task = asyncio.create_task(
-            self._run(tenant=tenant, request=request, row=row, client_host=client_host)
+            self._run(tenant_id=tenant.id, request=request, row=row, client_host=client_host)
         )
         self._in_flight.add(task)
         task.add_done_callback(self._forget)
@@ -227,10 +237,7 @@ class ExecutionService:
         """True to replay a completed execution, False to run a failed or abandoned one again;
         raises when the key cannot serve this request now."""
         if row.fingerprint != request.fingerprint:
-            raise IdempotencyKeyReused(
-                "This Idempotency-Key was first used with a different method, path, query or "
-                "body. Use a new key for a different request.",
-            )
+            raise _key_reused()
         if row.status == "completed":
             return True
         abandoned = row.status == "running" and bool(row.lease_expired)
@@ -258,26 +265,86 @@ class ExecutionService:
             "Retry-After": str(self.settings.retry_after_seconds),
         }
 
+    async def accept(
+        self, *, tenant: Tenant, request: TriggerRequest, client_host: str | None
+    ) -> repo.ExecutionRow:
+        """Store an async trigger for the delivery workers (Prefer: respond-async); or return
+        the execution that already holds the key. Raises 422 for another request's key."""
+        headers = end_to_end(request.headers, drop=NOT_FORWARDED)
+        if client_host:
+            headers.append(("X-Forwarded-For", client_host))
+        async with db.connection(self.pool) as conn:
+            row = await repo.accept(
+                conn,
+                tenant_id=tenant.id,
+                key=request.key,
+                fingerprint=request.fingerprint,
+                method=request.method,
+                mode=request.mode,
+                workflow_path=request.workflow_path,
+                raw_path=request.raw_path,
+                query=request.query,
+                headers=headers,
+                body=request.body,
+            )
+        if row is None:
+            raise ExecutionInFlight(
+                "The key changed hands just now. Retry shortly.",
+                headers=self._retry_headers(request.key),
+            )
+        if row.fingerprint != request.fingerprint:
+            raise _key_reused()
+        return row
+
+    async def deliver(self, delivery: repo.Delivery) -> None:
+        """Forward an async execution a worker took, and record it: done, or due again later."""
+        row = delivery.row
+        request = TriggerRequest(
+            key=row.idempotency_key,
+            method=row.method,
+            mode=row.mode,  # type: ignore[arg-type]
+            workflow_path=row.workflow_path,
+            raw_path=delivery.raw_path,
+            query=delivery.query,
+            headers=delivery.headers,
+            body=delivery.body,
+        )
+        with contextlib.suppress(ForwardFailed):
+            await self._run(
+                tenant_id=delivery.tenant_id,
+                request=request,
+                row=row,
+                client_host=None,
+                retry=True,
+            )
+
     async def _run(
         self,
         *,
-        tenant: Tenant,
+        tenant_id: UUID,
         request: TriggerRequest,
         row: repo.ExecutionRow,
         client_host: str | None,
+        retry: bool = False,
     ) -> GatewayAnswer:
-        renewal = asyncio.create_task(self._renew_lease(tenant, row))
+        """Forward while renewing the lease, then record. With `retry` (async deliveries) a
+        retryable failure is scheduled again with backoff instead of ending the execution."""
+        renewal = asyncio.create_task(self._renew_lease(tenant_id, row))
         try:
             response = await self.n8n.forward(request, client_host=client_host)
         except ForwardFailed as exc:
             await self._stop(renewal)
-            await self._record(tenant, row, _failure(exc))
+            outcome = _failure(exc)
+            retry_at = self._retry_at(row, outcome, None) if retry else None
+            await self._record(tenant_id, row, outcome, retry_at=retry_at)
             raise
         except BaseException:
             await self._stop(renewal)
             raise
         await self._stop(renewal)
-        await self._record(tenant, row, self._outcome(response))
+        outcome = self._outcome(response, rate_limit_retryable=retry)
+        retry_at = self._retry_at(row, outcome, response) if retry else None
+        await self._record(tenant_id, row, outcome, retry_at=retry_at)
         return GatewayAnswer(
             status=response.status,
             content_type=response.content_type,
@@ -286,7 +353,19 @@ class ExecutionService:
             replayed=False,
         )
 
-    async def _renew_lease(self, tenant: Tenant, row: repo.ExecutionRow) -> None:
+    def _retry_at(
+        self, row: repo.ExecutionRow, outcome: repo.Outcome, response: N8nResponse | None
+    ) -> datetime | None:
+        """When to deliver again, or None when this outcome is final."""
+        if outcome.status != "failed" or self.backoff.exhausted(row.attempts):
+            return None
+        if outcome.outcome_unknown and self.settings.unknown_outcome == "refuse":
+            return None
+        retry_after = parse_retry_after(response.header("retry-after") if response else None)
+        delay = self.backoff.delay(row.attempts, retry_after=retry_after)
+        return datetime.now(UTC) + timedelta(seconds=delay)
+
+    async def _renew_lease(self, tenant_id: UUID, row: repo.ExecutionRow) -> None:
         """Keep the attempt's lease alive while its forward is in flight."""
         while True:
             await asyncio.sleep(self.settings.lease_renew_seconds)
@@ -294,7 +373,7 @@ class ExecutionService:
                 async with db.connection(self.pool) as conn:
                     held = await repo.renew_lease(
                         conn,
-                        tenant_id=tenant.id,
+                        tenant_id=tenant_id,
                         execution_id=row.id,
                         attempt=row.attempts,
                         lease_seconds=self.settings.lease_seconds,
@@ -312,8 +391,9 @@ class ExecutionService:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    def _outcome(self, response: N8nResponse) -> repo.Outcome:
-        failed = response.is_retryable
+    def _outcome(self, response: N8nResponse, *, rate_limit_retryable: bool) -> repo.Outcome:
+        rate_limited = rate_limit_retryable and response.status == 429
+        failed = response.is_retryable or rate_limited
         return repo.Outcome(
             status="failed" if failed else "completed",
             response_status=response.status,
@@ -321,22 +401,29 @@ class ExecutionService:
             response_headers=response.headers,
             response_body=response.body[: self.settings.max_stored_body_bytes],
             response_body_bytes=len(response.body),
-            error_type=("n8n-not-registered" if response.is_not_registered else "n8n-error")
-            if failed
-            else None,
+            error_type=_error_type(response) if failed else None,
             error_detail=f"n8n answered {response.status}" if failed else None,
         )
 
-    async def _record(self, tenant: Tenant, row: repo.ExecutionRow, outcome: repo.Outcome) -> None:
+    async def _record(
+        self,
+        tenant_id: UUID,
+        row: repo.ExecutionRow,
+        outcome: repo.Outcome,
+        *,
+        retry_at: datetime | None = None,
+    ) -> None:
         """Record the outcome; if the database is down, keep trying in the background so the
         caller gets n8n's answer now and the execution is not left running."""
+
+        async def record() -> None:
+            await self._record_once(tenant_id, row, outcome, retry_at=retry_at)
+
         try:
-            await self._record_once(tenant, row, outcome)
+            await record()
         except DatabaseUnavailable:
             logger.warning("database unavailable; will keep recording execution %s", row.id)
-            self._retry_in_background(
-                lambda: self._record_once(tenant, row, outcome), what=f"record execution {row.id}"
-            )
+            self._retry_in_background(record, what=f"record execution {row.id}")
 
     @asynccontextmanager
     async def _releasing_on_outage(
@@ -385,16 +472,22 @@ class ExecutionService:
         task.add_done_callback(self._background.discard)
 
     async def _record_once(
-        self, tenant: Tenant, row: repo.ExecutionRow, outcome: repo.Outcome
+        self,
+        tenant_id: UUID,
+        row: repo.ExecutionRow,
+        outcome: repo.Outcome,
+        *,
+        retry_at: datetime | None,
     ) -> None:
         async with db.connection(self.pool) as conn:
             recorded = await repo.record_outcome(
                 conn,
-                tenant_id=tenant.id,
+                tenant_id=tenant_id,
                 execution_id=row.id,
                 attempt=row.attempts,
                 outcome=outcome,
                 keep_seconds=self._retention(outcome.status),
+                retry_at=retry_at,
             )
         if not recorded:  # recorded already (an earlier try committed unseen) or taken over
             logger.info("execution %s attempt %s no longer running", row.id, row.attempts)
@@ -412,6 +505,19 @@ def replay_answer(row: repo.ExecutionRow) -> GatewayAnswer:
         headers=headers,
         body=body,
         replayed=True,
+    )
+
+
+def _error_type(response: N8nResponse) -> str:
+    if response.is_not_registered:
+        return "n8n-not-registered"
+    return "n8n-rate-limited" if response.status == 429 else "n8n-error"
+
+
+def _key_reused() -> IdempotencyKeyReused:
+    return IdempotencyKeyReused(
+        "This Idempotency-Key was first used with a different method, path, query or "
+        "body. Use a new key for a different request.",
     )
 
 

@@ -121,15 +121,18 @@ def _bad_path(reason: str) -> InvalidWebhookPath:
     )
 
 
-def parse_prefer_wait(values: list[str]) -> int | None:
-    """The `wait` preference of RFC 7240 `Prefer` headers, in seconds; None when absent.
-
-    Preferences the gateway does not know, or a malformed wait, are ignored as the RFC asks.
-    """
+def parse_preferences(values: list[str]) -> dict[str, str]:
+    """RFC 7240 `Prefer` headers as {token: value}; the first occurrence of a token wins."""
+    preferences: dict[str, str] = {}
     for header in values:
         for preference in header.split(","):
             token, _, value = preference.split(";")[0].strip().partition("=")
-            if token.strip().lower() == "wait":
-                value = value.strip().strip('"')
-                return int(value) if value.isdigit() else None
-    return None
+            preferences.setdefault(token.strip().lower(), value.strip().strip('"'))
+    return preferences
+
+
+def parse_prefer_wait(values: list[str]) -> int | None:
+    """The `wait` preference in seconds; None when absent or malformed (the RFC says to ignore
+    what cannot be understood)."""
+    value = parse_preferences(values).get("wait")
+    return int(value) if value is not None and value.isdigit() else None

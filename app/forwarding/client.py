@@ -31,6 +31,10 @@ class N8nResponse:
     headers: list[tuple[str, str]]
     body: bytes
 
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        return next((value for key, value in self.headers if key.lower() == lowered), None)
+
     @property
     def is_not_registered(self) -> bool:
         """n8n's own 404 for an unknown path or inactive workflow, not a workflow's 404."""

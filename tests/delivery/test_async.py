@@ -1,0 +1,190 @@
+"""Prefer: respond-async: accepted durably, answered 202, delivered by the gateway's workers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import datetime
+
+import httpx
+import pytest
+
+from app.delivery.backoff import Backoff, parse_retry_after
+from tests.conftest import ClientFactory
+from tests.fake_n8n import FakeN8n
+from tests.problems import assert_problem
+from tests.servers import bound_socket, serve_in_thread
+
+ASYNC = {"Prefer": "respond-async"}
+
+
+async def until_status(
+    client: httpx.AsyncClient, key: str, status: str, *, within: float = 10.0
+) -> dict[str, object]:
+    deadline = time.monotonic() + within
+    while True:
+        body: dict[str, object] = (await client.get(f"/v1/executions/{key}")).json()
+        if body.get("status") == status:
+            return body
+        assert time.monotonic() < deadline, f"{key} stayed {body.get('status')}"
+        await asyncio.sleep(0.02)
+
+
+async def test_an_async_trigger_is_accepted_then_delivered_once(
+    make_client: ClientFactory, n8n: FakeN8n
+) -> None:
+    key = f"async-{uuid.uuid4()}"
+    headers = {**ASYNC, "Idempotency-Key": key}
+    async with make_client() as client:
+        accepted = await client.post("/webhook/echo?x=1", json={"a": 1}, headers=headers)
+        assert accepted.status_code == 202
+        assert accepted.headers["location"] == f"/v1/executions/{key}"
+        assert accepted.headers["preference-applied"] == "respond-async"
+        assert "idempotent-replayed" not in accepted.headers
+        status = await until_status(client, key, "completed")
+        again = await client.post("/webhook/echo?x=1", json={"a": 1}, headers=headers)
+    assert again.status_code == 202
+    assert again.headers["idempotent-replayed"] == "true"
+    assert status["delivery"] == "async"
+    assert status["response"]["status_code"] == 200  # type: ignore[index]
+    [call] = n8n.calls_for(key)
+    assert (call.query, call.body) == ("x=1", b'{"a":1}')
+    assert call.headers["x-forwarded-for"] == "127.0.0.1"
+
+
+async def test_an_async_key_reused_for_another_request_is_422(
+    make_client: ClientFactory,
+) -> None:
+    key = f"async-{uuid.uuid4()}"
+    async with make_client(delivery_workers=0) as client:
+        await client.post("/webhook/echo", json={"a": 1}, headers={**ASYNC, "Idempotency-Key": key})
+        reused = await client.post(
+            "/webhook/echo", json={"a": 2}, headers={**ASYNC, "Idempotency-Key": key}
+        )
+        assert_problem(reused, 422, "idempotency-key-reused")
+        status = (await client.get(f"/v1/executions/{key}")).json()
+    assert (status["status"], status["attempts"]) == ("pending", 0)
+    assert status["next_attempt_at"] is not None
+
+
+async def test_a_failing_delivery_is_retried_with_backoff_until_it_succeeds(
+    make_client: ClientFactory, n8n: FakeN8n
+) -> None:
+    key = f"async-{uuid.uuid4()}"
+    n8n.failures_left[key] = 3
+    settings = {"retry_base_seconds": 0.1, "retry_cap_seconds": 0.4, "delivery_poll_seconds": 0.05}
+    async with make_client(**settings) as client:
+        await client.post("/webhook/flaky", json={}, headers={**ASYNC, "Idempotency-Key": key})
+        status = await until_status(client, key, "completed")
+    history = status["attempt_history"]
+    assert [a["outcome"] for a in history] == ["failed", "failed", "failed", "completed"]  # type: ignore[union-attr]
+    starts = [datetime.fromisoformat(a["started_at"]) for a in history]  # type: ignore[union-attr]
+    ends = [datetime.fromisoformat(a["ended_at"]) for a in history]  # type: ignore[union-attr]
+    for attempt, (ended, next_start) in enumerate(zip(ends, starts[1:], strict=False), start=1):
+        ceiling = min(0.4, 0.1 * 2 ** (attempt - 1))
+        assert (next_start - ended).total_seconds() <= ceiling + 0.25  # jitter ≤ ceiling, + pickup
+    assert len(n8n.calls_for(key)) == 4
+
+
+async def test_when_attempts_run_out_the_execution_is_a_dead_letter(
+    make_client: ClientFactory, n8n: FakeN8n
+) -> None:
+    key = f"async-{uuid.uuid4()}"
+    settings = {
+        "retry_base_seconds": 0.05,
+        "retry_cap_seconds": 0.1,
+        "retry_max_attempts": 3,
+        "delivery_poll_seconds": 0.05,
+    }
+    async with make_client(**settings) as client:
+        await client.post("/webhook/fail", json={}, headers={**ASYNC, "Idempotency-Key": key})
+        status = await until_status(client, key, "failed")
+        listed = (await client.get("/v1/executions", params={"status": "failed"})).json()
+    assert status["attempts"] == 3
+    assert status["last_error"]["type"] == "n8n-error"  # type: ignore[index]
+    assert key in [item["key"] for item in listed["items"]]
+    assert len(n8n.calls_for(key)) == 3
+
+
+def test_backoff_is_full_jitter_under_an_exponential_cap_and_honours_retry_after() -> None:
+    backoff = Backoff(base_seconds=1, cap_seconds=10, max_attempts=5)
+    assert [backoff.delay(n, retry_after=None, draw=lambda: 1.0) for n in range(1, 6)] == [
+        1,
+        2,
+        4,
+        8,
+        10,
+    ]
+    assert backoff.delay(3, retry_after=None, draw=lambda: 0.0) == 0
+    assert backoff.delay(1, retry_after=7, draw=lambda: 0.5) == 7
+    assert backoff.exhausted(5)
+    assert not backoff.exhausted(4)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("120", 120.0), (None, None), ("soon", None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],
+)
+def test_retry_after_parsing(value: str | None, expected: float | None) -> None:
+    assert parse_retry_after(value) == expected
+
+
+async def test_n8n_s_retry_after_is_honoured(make_client: ClientFactory, n8n: FakeN8n) -> None:
+    key = f"async-{uuid.uuid4()}"
+    n8n.failures_left[key] = 1
+    settings = {
+        "retry_base_seconds": 0.01,
+        "retry_cap_seconds": 0.02,
+        "delivery_poll_seconds": 0.05,
+    }
+    async with make_client(**settings) as client:
+        await client.post("/webhook/busy", json={}, headers={**ASYNC, "Idempotency-Key": key})
+        status = await until_status(client, key, "completed")
+    first, second = status["attempt_history"]  # type: ignore[misc]
+    assert first["error"]["type"] == "n8n-rate-limited"
+    waited = datetime.fromisoformat(second["started_at"]) - datetime.fromisoformat(
+        first["ended_at"]
+    )
+    assert waited.total_seconds() >= 0.99
+
+
+async def test_a_thousand_triggers_accepted_while_n8n_is_down_are_each_delivered_once(
+    make_client: ClientFactory,
+) -> None:
+    fake = FakeN8n()
+    run = uuid.uuid4().hex[:8]
+    keys = [f"down-{run}-{i}" for i in range(1000)]
+    settings = {
+        "retry_base_seconds": 0.05,
+        "retry_cap_seconds": 0.2,
+        "retry_max_attempts": 10_000,
+        "delivery_poll_seconds": 0.05,
+    }
+    with bound_socket() as sock:
+        n8n_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        async with make_client(n8n_base_url=n8n_url, **settings) as client:
+            gate = asyncio.Semaphore(32)
+
+            async def accept(key: str) -> int:
+                async with gate:
+                    response = await client.post(
+                        "/webhook/echo", json={"k": key}, headers={**ASYNC, "Idempotency-Key": key}
+                    )
+                    return response.status_code
+
+            assert set(await asyncio.gather(*(accept(key) for key in keys))) == {202}
+            with serve_in_thread(fake.app, sock=sock):
+                deadline = time.monotonic() + 60
+                while True:
+                    page = await client.get(
+                        "/v1/executions", params={"status": "completed", "limit": 200}
+                    )
+                    done = len({c.key for c in fake.calls if c.key in set(keys)})
+                    if done == len(keys):
+                        break
+                    assert time.monotonic() < deadline, f"only {done} delivered"
+                    await asyncio.sleep(0.1)
+                assert page.status_code == 200
+    calls = [call.key for call in fake.calls]
+    assert sorted(calls) == sorted(keys)  # every one, once
