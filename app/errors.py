@@ -131,6 +131,12 @@ class InFlightWithId(ExecutionInFlight):
         self.execution_id = execution_id
 
 
+class NotRetryable(GateError):
+    status_code = 409
+    slug = "execution-not-retryable"
+    title = "This execution cannot be put back in the queue"
+
+
 class OutcomeUnknown(GateError):
     status_code = 409
     slug = "execution-outcome-unknown"

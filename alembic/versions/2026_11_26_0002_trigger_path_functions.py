@@ -328,6 +328,44 @@ END
 $$
 """
 
+# Manual retry: a failed async execution goes back in the delivery queue, due now.
+CREATE_REQUEUE = """
+CREATE FUNCTION requeue_failed_executions(
+    p_tenant uuid, p_key text, p_workflow text, p_failed_since timestamptz, p_limit integer
+)
+RETURNS TABLE (execution_id bigint, idempotency_key text)
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM set_config('app.tenant_id', p_tenant::text, true);
+    RETURN QUERY
+    WITH chosen AS (
+        SELECT e.id FROM executions e
+        WHERE e.tenant_id = p_tenant AND e.status = 'failed' AND e.deliver_async
+          AND (p_key IS NULL OR e.idempotency_key = p_key)
+          AND (p_workflow IS NULL OR e.workflow_path = p_workflow)
+          AND (p_failed_since IS NULL OR e.finished_at >= p_failed_since)
+        ORDER BY e.id
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    ), requeued AS (
+        UPDATE executions e
+        SET status = 'pending', next_attempt_at = now(), expires_at = NULL, updated_at = now()
+        FROM chosen c WHERE e.id = c.id
+        RETURNING e.id, e.idempotency_key
+    ), queued AS (
+        INSERT INTO delivery_queue (execution_id, tenant_id, due_at)
+        SELECT r.id, p_tenant, now() FROM requeued r
+        ON CONFLICT (execution_id) DO UPDATE SET due_at = now()
+    )
+    SELECT r.id, r.idempotency_key FROM requeued r;
+    IF FOUND THEN
+        PERFORM pg_notify('n8n_gate_delivery_due', '');
+    END IF;
+END
+$$
+"""
+
 SIGNATURES = [
     "claim_execution(uuid, text, bytea, text, text, text, double precision, uuid)",
     "retake_execution(uuid, text, double precision, uuid)",
@@ -336,6 +374,7 @@ SIGNATURES = [
     "text, text, boolean, double precision, timestamptz)",
     "accept_execution(uuid, text, bytea, text, text, text, text, text, jsonb, bytea)",
     "take_due_delivery(double precision, uuid)",
+    "requeue_failed_executions(uuid, text, text, timestamptz, integer)",
     "release_unforwarded_claim(uuid, text, uuid, double precision)",
 ]
 
@@ -350,6 +389,7 @@ def upgrade() -> None:
         CREATE_RELEASE,
         CREATE_ACCEPT,
         CREATE_TAKE,
+        CREATE_REQUEUE,
     ):
         op.execute(statement)
     for signature in SIGNATURES:

@@ -30,6 +30,9 @@ ACCEPT = (
     "FROM accept_execution($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 )
 TAKE_DUE = "SELECT tenant_id, execution FROM take_due_delivery($1, $2)"
+REQUEUE_FAILED = (
+    "SELECT execution_id, idempotency_key FROM requeue_failed_executions($1, $2, $3, $4, $5)"
+)
 RELEASE_UNFORWARDED = "SELECT release_unforwarded_claim($1, $2, $3, $4)"
 # Runs as the owner (SECURITY DEFINER), across tenants, expired rows only.
 REAP_EXPIRED = "SELECT reap_expired_executions($1)"
@@ -221,6 +224,20 @@ async def take_due(conn: AnyConnection, *, lease_seconds: float, owner: UUID) ->
         headers=[(name, value) for name, value in json.loads(execution["request_headers"])],
         body=execution["request_body"] or b"",
     )
+
+
+async def requeue_failed(
+    conn: AnyConnection,
+    *,
+    tenant_id: UUID,
+    key: str | None,
+    workflow: str | None,
+    failed_since: datetime | None,
+    limit: int,
+) -> list[str]:
+    """Put failed async executions back in the delivery queue; return their keys."""
+    records = await conn.fetch(REQUEUE_FAILED, tenant_id, key, workflow, failed_since, limit)
+    return [record["idempotency_key"] for record in records]
 
 
 async def find_by_key(conn: AnyConnection, *, tenant_id: UUID, key: str) -> ExecutionRow | None:

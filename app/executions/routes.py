@@ -13,6 +13,8 @@ from app.executions.repo import ExecutionRow
 from app.executions.schemas import (
     Execution,
     ExecutionPage,
+    RetryFilter,
+    RetryResult,
     decode_cursor,
     encode_cursor,
     execution_of,
@@ -46,6 +48,35 @@ async def trigger_production(request: Request) -> Response:
 async def trigger_test(request: Request) -> Response:
     """Forward to n8n's test webhook once per Idempotency-Key."""
     return await _trigger(request, mode="webhook-test")
+
+
+@router.post("/v1/executions/retry", response_model=RetryResult, tags=["executions"])
+async def retry_failed_executions(
+    selection: RetryFilter, services: ServicesDep, tenant: CurrentTenant
+) -> RetryResult:
+    """Put failed async executions that match back in the delivery queue (a bounded batch)."""
+    keys = await services.executions.retry_failed(
+        tenant=tenant,
+        workflow=selection.workflow,
+        failed_since=selection.failed_since,
+        limit=selection.limit,
+    )
+    return RetryResult(queued=len(keys), keys=keys)
+
+
+@router.post(
+    "/v1/executions/{key:path}/retry",
+    response_model=Execution,
+    status_code=202,
+    tags=["executions"],
+)
+async def retry_execution(
+    key: str, response: Response, services: ServicesDep, tenant: CurrentTenant
+) -> Execution:
+    """Put one failed async execution back in the delivery queue."""
+    detail = await services.executions.retry(tenant=tenant, key=key)
+    response.headers["Location"] = location_for(key)
+    return execution_of(detail.row, detail.attempts)
 
 
 @router.get("/v1/executions/{key:path}", response_model=Execution, tags=["executions"])

@@ -80,6 +80,19 @@ class Execution(ExecutionSummary):
     attempt_history: list[Attempt]
 
 
+class RetryFilter(BaseModel):
+    """Which failed async executions to put back in the queue."""
+
+    workflow: str | None = Field(default=None, max_length=2048)
+    failed_since: datetime | None = None
+    limit: int = Field(default=100, ge=1, le=1000, description="At most this many.")
+
+
+class RetryResult(BaseModel):
+    queued: int
+    keys: list[str]
+
+
 class ExecutionPage(BaseModel):
     items: list[ExecutionSummary]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page.")

@@ -38,6 +38,7 @@ from app.errors import (
     GateError,
     IdempotencyKeyReused,
     InFlightWithId,
+    NotRetryable,
     OutcomeUnknown,
 )
 from app.executions import repo
@@ -148,6 +149,31 @@ class ExecutionService:
                 )
             attempts = await repo.list_attempts(conn, tenant_id=tenant.id, execution_id=row.id)
         return ExecutionDetail(row=row, attempts=attempts)
+
+    async def retry(self, *, tenant: Tenant, key: str) -> ExecutionDetail:
+        """Put one failed async execution back in the delivery queue."""
+        async with db.connection(self.pool) as conn:
+            requeued = await repo.requeue_failed(
+                conn, tenant_id=tenant.id, key=key, workflow=None, failed_since=None, limit=1
+            )
+        detail = await self.get(tenant=tenant, key=key)
+        if not requeued and detail.row.status != "pending":
+            raise NotRetryable(_not_retryable_reason(detail.row))
+        return detail
+
+    async def retry_failed(
+        self, *, tenant: Tenant, workflow: str | None, failed_since: datetime | None, limit: int
+    ) -> list[str]:
+        """Put up to `limit` failed async executions back in the queue; return their keys."""
+        async with db.connection(self.pool) as conn:
+            return await repo.requeue_failed(
+                conn,
+                tenant_id=tenant.id,
+                key=None,
+                workflow=workflow,
+                failed_since=failed_since,
+                limit=limit,
+            )
 
     async def list_recent(
         self,
@@ -512,6 +538,15 @@ def _error_type(response: N8nResponse) -> str:
     if response.is_not_registered:
         return "n8n-not-registered"
     return "n8n-rate-limited" if response.status == 429 else "n8n-error"
+
+
+def _not_retryable_reason(row: repo.ExecutionRow) -> str:
+    if not row.deliver_async:
+        return (
+            "This execution ran synchronously, so the gateway did not keep its request. Send "
+            "the request again with the same Idempotency-Key: a failed execution runs again."
+        )
+    return f"Only failed executions can be retried; this one is {row.status}."
 
 
 def _key_reused() -> IdempotencyKeyReused:

@@ -188,3 +188,64 @@ async def test_a_thousand_triggers_accepted_while_n8n_is_down_are_each_delivered
                 assert page.status_code == 200
     calls = [call.key for call in fake.calls]
     assert sorted(calls) == sorted(keys)  # every one, once
+
+
+async def dead_letter(client: httpx.AsyncClient, key: str, path: str = "fail") -> None:
+    await client.post(f"/webhook/{path}", json={}, headers={**ASYNC, "Idempotency-Key": key})
+    await until_status(client, key, "failed")
+
+
+RETRY_FAST = {
+    "retry_base_seconds": 0.01,
+    "retry_cap_seconds": 0.02,
+    "retry_max_attempts": 1,
+    "delivery_poll_seconds": 0.05,
+}
+
+
+async def test_a_dead_letter_can_be_put_back_in_the_queue(
+    make_client: ClientFactory, n8n: FakeN8n
+) -> None:
+    key = f"retry-{uuid.uuid4()}"
+    n8n.failures_left[key] = 1
+    async with make_client(**RETRY_FAST) as client:
+        await dead_letter(client, key, path="flaky")
+        retried = await client.post(f"/v1/executions/{key}/retry")
+        assert retried.status_code == 202
+        assert retried.headers["location"] == f"/v1/executions/{key}"
+        status = await until_status(client, key, "completed")
+    assert status["attempts"] == 2
+    assert len(n8n.calls_for(key)) == 2
+
+
+async def test_retry_refuses_what_cannot_be_retried(make_client: ClientFactory) -> None:
+    sync_key, done_key = f"sync-{uuid.uuid4()}", f"done-{uuid.uuid4()}"
+    async with make_client(**RETRY_FAST) as client:
+        await client.post("/webhook/fail", json={}, headers={"Idempotency-Key": sync_key})
+        await client.post("/webhook/echo", json={}, headers={**ASYNC, "Idempotency-Key": done_key})
+        await until_status(client, done_key, "completed")
+        sync = await client.post(f"/v1/executions/{sync_key}/retry")
+        done = await client.post(f"/v1/executions/{done_key}/retry")
+        missing = await client.post("/v1/executions/never-seen/retry")
+    assert "same Idempotency-Key" in assert_problem(sync, 409, "execution-not-retryable")["detail"]
+    assert_problem(done, 409, "execution-not-retryable")
+    assert_problem(missing, 404, "execution-not-found")
+
+
+async def test_failed_executions_are_retried_in_bounded_batches_by_filter(
+    make_client: ClientFactory, n8n: FakeN8n
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    keys = [f"bulk-{run}-{i}" for i in range(5)]
+    async with make_client(**RETRY_FAST) as client:
+        for key in keys:
+            await dead_letter(client, key)
+        other = f"bulk-{run}-other"
+        await dead_letter(client, other, path="flaky-other")
+        first = await client.post("/v1/executions/retry", json={"workflow": "fail", "limit": 3})
+        second = await client.post("/v1/executions/retry", json={"workflow": "fail", "limit": 3})
+        bad = await client.post("/v1/executions/retry", json={"limit": 5000})
+    assert first.json()["queued"] == 3
+    assert second.json()["queued"] == 2
+    assert set(first.json()["keys"]) | set(second.json()["keys"]) == set(keys)
+    assert_problem(bad, 400, "invalid-request")
