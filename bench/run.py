@@ -7,6 +7,8 @@ embedded server in a temporary directory), then measures at 1 and 32 concurrent 
   direct            POST straight to the fake n8n
   gateway, new key  triggers through the gateway, a new Idempotency-Key each
   gateway, replay   triggers through the gateway with keys that already completed
+  gateway, async accept   triggers with Prefer: respond-async (202), delivered by the workers;
+                    then accept-to-delivered time for a sample of them
 All phases run in one invocation, so their ratios hold even on a noisy machine.
 Prints a Markdown table for the README.
 """
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import os
 import platform
+import random
 import socket
 import subprocess
 import sys
@@ -27,6 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -87,7 +91,13 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 async def load(
-    name: str, url: str, *, concurrency: int, seconds: float, headers_for: HeadersFor
+    name: str,
+    url: str,
+    *,
+    concurrency: int,
+    seconds: float,
+    headers_for: HeadersFor,
+    expected_status: int = 200,
 ) -> Result:
     latencies: list[float] = []
     errors = 0
@@ -104,7 +114,7 @@ async def load(
                 started = time.perf_counter()
                 async with session.post(url, data=BODY, headers=headers) as response:
                     await response.read()
-                    errors += response.status != 200
+                    errors += response.status != expected_status
                 latencies.append((time.perf_counter() - started) * 1000)
 
         started = time.perf_counter()
@@ -113,7 +123,43 @@ async def load(
     return Result(name, concurrency, elapsed, latencies, errors)
 
 
-async def run_phases(n8n_port: int, gate_port: int, api_key: str, seconds: float) -> list[Result]:
+@dataclass(frozen=True)
+class Delays:
+    name: str
+    delays_ms: list[float]
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.delays_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def delivery_delays(
+    gate: str, auth: Headers, name: str, keys: list[str], sample: int = 400
+) -> Delays:
+    """Accept-to-recorded-delivery time of a sample of async keys, read from the status API:
+    finished_at - created_at, so it includes n8n's answer and the recording commit."""
+    chosen = random.sample(keys, min(sample, len(keys)))
+    delays: list[float] = []
+    deadline = time.monotonic() + 120
+    async with aiohttp.ClientSession(headers=auth) as session:
+        for key in chosen:
+            while True:
+                async with session.get(f"{gate}/v1/executions/{key}") as response:
+                    status = await response.json()
+                if status["status"] == "completed":
+                    break
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"async execution {key} was not delivered")
+                await asyncio.sleep(0.05)
+            created = datetime.fromisoformat(status["created_at"])
+            finished = datetime.fromisoformat(status["finished_at"])
+            delays.append((finished - created).total_seconds() * 1000)
+    return Delays(name, delays)
+
+
+async def run_phases(
+    n8n_port: int, gate_port: int, api_key: str, seconds: float
+) -> tuple[list[Result], list[Delays]]:
     direct_url = f"http://127.0.0.1:{n8n_port}/webhook/bench"
     gate_url = f"http://127.0.0.1:{gate_port}/webhook/bench"
     auth = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
@@ -135,19 +181,48 @@ async def run_phases(n8n_port: int, gate_port: int, api_key: str, seconds: float
             headers = {**auth, "Idempotency-Key": key}
             async with session.post(gate_url, data=BODY, headers=headers) as response:
                 assert response.status == 200, await response.text()
+    async_keys: dict[int, list[str]] = {1: [], 32: []}
+
+    def async_key(concurrency: int) -> HeadersFor:
+        def headers(worker: int, sequence: int) -> Headers:
+            key = f"async-{run}-{concurrency}-{worker}-{sequence}"
+            async_keys[concurrency].append(key)
+            return {**auth, "Idempotency-Key": key, "Prefer": "respond-async"}
+
+        return headers
+
     phases: list[tuple[str, str, HeadersFor]] = [
         ("direct to fake n8n", direct_url, direct),
         ("gateway, new key", gate_url, new_key),
         ("gateway, replay", gate_url, replay),
     ]
-    return [
-        await load(name, url, concurrency=concurrency, seconds=seconds, headers_for=headers_for)
-        for concurrency in (1, 32)
-        for name, url, headers_for in phases
+    results = []
+    for concurrency in (1, 32):
+        for name, url, headers_for in phases:
+            results.append(
+                await load(
+                    name, url, concurrency=concurrency, seconds=seconds, headers_for=headers_for
+                )
+            )
+        results.append(
+            await load(
+                "gateway, async accept",
+                gate_url,
+                concurrency=concurrency,
+                seconds=seconds,
+                headers_for=async_key(concurrency),
+                expected_status=202,
+            )
+        )
+    gate = f"http://127.0.0.1:{gate_port}"
+    delays = [
+        await delivery_delays(gate, auth, f"async accepted at {c} connection(s)", async_keys[c])
+        for c in (1, 32)
     ]
+    return results, delays
 
 
-def print_report(results: list[Result], args: argparse.Namespace) -> None:
+def print_report(results: list[Result], delays: list[Delays], args: argparse.Namespace) -> None:
     print(
         f"\n{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"gateway workers: {args.workers}, {args.seconds:g} s per phase\n"
@@ -163,6 +238,11 @@ def print_report(results: list[Result], args: argparse.Namespace) -> None:
     direct = by_phase[("direct to fake n8n", 1)].percentile(0.5)
     added = by_phase[("gateway, new key", 1)].percentile(0.5) - direct
     print(f"\np50 added by the gateway at 1 connection, new key: {added:.2f} ms")
+    print("\n| accept to delivered (async) | sample | p50 ms | p99 ms |")
+    print("|---|---:|---:|---:|")
+    for d in delays:
+        p50, p99 = d.percentile(0.5), d.percentile(0.99)
+        print(f"| {d.name} | {len(d.delays_ms)} | {p50:.1f} | {p99:.1f} |")
 
 
 def main() -> None:
@@ -199,8 +279,8 @@ def main() -> None:
         running(fake, env, f"http://127.0.0.1:{n8n_port}/webhook/ready"),
         running(gate, env, f"http://127.0.0.1:{gate_port}/readyz"),
     ):
-        results = asyncio.run(run_phases(n8n_port, gate_port, api_key, args.seconds))
-    print_report(results, args)
+        results, delays = asyncio.run(run_phases(n8n_port, gate_port, api_key, args.seconds))
+    print_report(results, delays, args)
 
 
 if __name__ == "__main__":
