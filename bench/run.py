@@ -227,7 +227,7 @@ def print_report(results: list[Result], delays: list[Delays], args: argparse.Nam
         f"\n{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"gateway workers: {args.workers}, {args.seconds:g} s per phase\n"
     )
-    print("| phase | connections | req/s | p50 ms | p99 ms | non-200 |")
+    print("| phase | connections | req/s | p50 ms | p99 ms | unexpected status |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in results:
         print(
