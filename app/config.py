@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(default=1, ge=1)
     auth_cache_seconds: float = Field(default=5.0, ge=0)
     delivery_workers: int = Field(default=4, ge=0, le=1000)
+    delivery_max_per_workflow: int = Field(default=4, ge=0)
     delivery_poll_seconds: float = Field(default=1.0, gt=0)
     retry_base_seconds: float = Field(default=1.0, gt=0)
     retry_cap_seconds: float = Field(default=300.0, gt=0)

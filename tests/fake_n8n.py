@@ -59,6 +59,8 @@ class Call:
 class FakeN8n:
     calls: list[Call] = field(default_factory=list)
     failures_left: dict[str, int] = field(default_factory=dict)
+    slow_in_flight: int = 0
+    slow_most_in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _release: asyncio.Event | None = None
 
@@ -148,6 +150,16 @@ class FakeN8n:
         return JSONResponse({"message": "Error in workflow"}, status_code=500)
 
     async def _slow(self, call: Call) -> Response:
+        with self._lock:
+            self.slow_in_flight += 1
+            self.slow_most_in_flight = max(self.slow_most_in_flight, self.slow_in_flight)
+        try:
+            return await self._slow_answer(call)
+        finally:
+            with self._lock:
+                self.slow_in_flight -= 1
+
+    async def _slow_answer(self, call: Call) -> Response:
         assert self._release is not None
         delay = dict(pair.split("=", 1) for pair in call.query.split("&") if "=" in pair).get(
             "delay"

@@ -126,7 +126,9 @@ CREATE_DELIVERY_QUEUE = """
 CREATE TABLE delivery_queue (
     execution_id    bigint PRIMARY KEY REFERENCES executions (id) ON DELETE CASCADE,
     tenant_id       uuid NOT NULL,
-    due_at          timestamptz NOT NULL
+    due_at          timestamptz NOT NULL,
+    target          text NOT NULL,                  -- n8n mode and path: "webhook orders"
+    running         boolean NOT NULL DEFAULT false  -- a worker is delivering it
 )
 """
 
@@ -136,6 +138,7 @@ CREATE_LIST_INDEXES = [
     "CREATE INDEX executions_status_recent ON executions (tenant_id, status, id DESC)",
     "CREATE INDEX executions_workflow_recent ON executions (tenant_id, workflow_path, id DESC)",
     "CREATE INDEX delivery_queue_due ON delivery_queue (due_at)",
+    "CREATE INDEX delivery_queue_running ON delivery_queue (target) WHERE running",
     # Serves the reaper: finished executions by expiry.
     "CREATE INDEX executions_expiry ON executions (expires_at) WHERE expires_at IS NOT NULL",
 ]

@@ -180,7 +180,7 @@ BEGIN
         error_type = p_error_type, error_detail = p_error_detail
     WHERE execution_id = p_id AND attempt = p_attempt;
     IF retrying THEN
-        UPDATE delivery_queue SET due_at = p_retry_at WHERE execution_id = p_id;
+        UPDATE delivery_queue SET due_at = p_retry_at, running = false WHERE execution_id = p_id;
     ELSE
         DELETE FROM delivery_queue WHERE execution_id = p_id;
     END IF;
@@ -250,8 +250,8 @@ BEGIN
             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
             RETURNING e
         ), queued AS (
-            INSERT INTO delivery_queue (execution_id, tenant_id, due_at)
-            SELECT (i.e).id, p_tenant, now() FROM inserted i
+            INSERT INTO delivery_queue (execution_id, tenant_id, due_at, target)
+            SELECT (i.e).id, p_tenant, now(), p_mode || ' ' || p_workflow_path FROM inserted i
         )
         SELECT true, false, (i.e)::executions FROM inserted i;
         IF FOUND THEN
@@ -271,9 +271,12 @@ $$
 """
 
 # A worker takes the next due delivery: a pending execution, or a running one whose worker
-# died (its lease, and so its queue entry, ran out). SKIP LOCKED keeps two workers apart.
+# died (its lease, and so its queue entry, ran out). SKIP LOCKED keeps two workers apart; a
+# target (n8n mode and path) with p_max_per_target deliveries running is passed over.
 CREATE_TAKE = """
-CREATE FUNCTION take_due_delivery(p_lease_seconds double precision, p_owner uuid)
+CREATE FUNCTION take_due_delivery(
+    p_lease_seconds double precision, p_owner uuid, p_max_per_target integer
+)
 RETURNS TABLE (tenant_id uuid, execution executions)
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
@@ -281,27 +284,38 @@ DECLARE
     queued record;
     existing executions;
     taken executions;
+    full_targets text[] := '{}';
 BEGIN
-    FOR try_number IN 1..10 LOOP
-        SELECT q.execution_id, q.tenant_id INTO queued
+    FOR try_number IN 1..20 LOOP
+        SELECT q.execution_id, q.tenant_id, q.target INTO queued
         FROM delivery_queue q
-        WHERE q.due_at <= now()
+        WHERE q.due_at <= now() AND NOT (q.target = ANY (full_targets))
         ORDER BY q.due_at
         LIMIT 1
         FOR UPDATE SKIP LOCKED;
         IF NOT FOUND THEN
             RETURN;
         END IF;
+        IF p_max_per_target > 0 THEN
+            -- Takers of one target queue here, so the count below is exact.
+            PERFORM pg_advisory_xact_lock(hashtextextended('n8n-gate ' || queued.target, 0));
+            IF (SELECT count(*) FROM delivery_queue r
+                WHERE r.target = queued.target AND r.running
+                  AND r.execution_id <> queued.execution_id) >= p_max_per_target THEN
+                full_targets := full_targets || queued.target;
+                CONTINUE;
+            END IF;
+        END IF;
         PERFORM set_config('app.tenant_id', queued.tenant_id::text, true);
         SELECT * INTO existing FROM executions e WHERE e.id = queued.execution_id FOR UPDATE;
         IF NOT FOUND OR existing.status IN ('completed', 'failed') THEN
             DELETE FROM delivery_queue q WHERE q.execution_id = queued.execution_id;
         ELSIF existing.status = 'running' AND existing.lease_expires_at >= now() THEN
-            UPDATE delivery_queue q SET due_at = existing.lease_expires_at
+            UPDATE delivery_queue q SET due_at = existing.lease_expires_at, running = true
             WHERE q.execution_id = queued.execution_id;
         ELSE
             UPDATE delivery_queue q
-            SET due_at = now() + make_interval(secs => p_lease_seconds)
+            SET due_at = now() + make_interval(secs => p_lease_seconds), running = true
             WHERE q.execution_id = queued.execution_id;
             UPDATE executions AS e
             SET status = 'running', attempts = e.attempts + 1,
@@ -352,11 +366,11 @@ BEGIN
         UPDATE executions e
         SET status = 'pending', next_attempt_at = now(), expires_at = NULL, updated_at = now()
         FROM chosen c WHERE e.id = c.id
-        RETURNING e.id, e.idempotency_key
+        RETURNING e.id, e.idempotency_key, e.mode || ' ' || e.workflow_path AS target
     ), queued AS (
-        INSERT INTO delivery_queue (execution_id, tenant_id, due_at)
-        SELECT r.id, p_tenant, now() FROM requeued r
-        ON CONFLICT (execution_id) DO UPDATE SET due_at = now()
+        INSERT INTO delivery_queue (execution_id, tenant_id, due_at, target)
+        SELECT r.id, p_tenant, now(), r.target FROM requeued r
+        ON CONFLICT (execution_id) DO UPDATE SET due_at = now(), running = false
     )
     SELECT r.id, r.idempotency_key FROM requeued r;
     IF FOUND THEN
@@ -373,7 +387,7 @@ SIGNATURES = [
     "record_execution_outcome(uuid, bigint, integer, text, integer, text, jsonb, bytea, bigint, "
     "text, text, boolean, double precision, timestamptz)",
     "accept_execution(uuid, text, bytea, text, text, text, text, text, jsonb, bytea)",
-    "take_due_delivery(double precision, uuid)",
+    "take_due_delivery(double precision, uuid, integer)",
     "requeue_failed_executions(uuid, text, text, timestamptz, integer)",
     "release_unforwarded_claim(uuid, text, uuid, double precision)",
 ]

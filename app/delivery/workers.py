@@ -87,5 +87,8 @@ class DeliveryWorkers:
         settings = self._service.settings
         async with db.connection(self._service.pool) as conn:
             return await repo.take_due(
-                conn, lease_seconds=settings.lease_seconds, owner=uuid.uuid4()
+                conn,
+                lease_seconds=settings.lease_seconds,
+                owner=uuid.uuid4(),
+                max_per_target=settings.delivery_max_per_workflow,
             )

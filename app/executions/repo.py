@@ -29,7 +29,7 @@ ACCEPT = (
     "SELECT claimed, lease_expired, execution "
     "FROM accept_execution($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 )
-TAKE_DUE = "SELECT tenant_id, execution FROM take_due_delivery($1, $2)"
+TAKE_DUE = "SELECT tenant_id, execution FROM take_due_delivery($1, $2, $3)"
 REQUEUE_FAILED = (
     "SELECT execution_id, idempotency_key FROM requeue_failed_executions($1, $2, $3, $4, $5)"
 )
@@ -209,8 +209,10 @@ async def accept(
     return _function_row(record)
 
 
-async def take_due(conn: AnyConnection, *, lease_seconds: float, owner: UUID) -> Delivery | None:
-    record = await conn.fetchrow(TAKE_DUE, lease_seconds, owner)
+async def take_due(
+    conn: AnyConnection, *, lease_seconds: float, owner: UUID, max_per_target: int
+) -> Delivery | None:
+    record = await conn.fetchrow(TAKE_DUE, lease_seconds, owner, max_per_target)
     if record is None:
         return None
     execution = record["execution"]
