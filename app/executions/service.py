@@ -46,7 +46,7 @@ from app.executions.cache import CompletedExecutions
 from app.executions.finished import FinishedExecutions
 from app.executions.trigger import TriggerRequest, location_for
 from app.forwarding.client import N8nClient, N8nResponse
-from app.forwarding.headers import NOT_FORWARDED, end_to_end
+from app.forwarding.headers import to_forward
 from app.tenants.service import Tenant
 
 logger = logging.getLogger(__name__)
@@ -296,9 +296,7 @@ class ExecutionService:
     ) -> repo.ExecutionRow:
         """Store an async trigger for the delivery workers (Prefer: respond-async); or return
         the execution that already holds the key. Raises 422 for another request's key."""
-        headers = end_to_end(request.headers, drop=NOT_FORWARDED)
-        if client_host:
-            headers.append(("X-Forwarded-For", client_host))
+        headers = to_forward(request.headers, client_host=client_host)
         async with db.connection(self.pool) as conn:
             row = await repo.accept(
                 conn,

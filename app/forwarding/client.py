@@ -17,7 +17,7 @@ from yarl import URL
 
 from app.errors import N8nTimeout, N8nUnreachable
 from app.executions.trigger import TriggerRequest
-from app.forwarding.headers import NOT_FORWARDED, NOT_REPLAYED, end_to_end
+from app.forwarding.headers import NOT_REPLAYED, end_to_end, to_forward
 
 # Node's HTTP server (n8n) closes idle keep-alive connections after 5 s; reusing one it is
 # closing fails the request, so the gateway drops idle connections first.
@@ -89,9 +89,7 @@ class N8nClient:
 
     async def forward(self, request: TriggerRequest, *, client_host: str | None) -> N8nResponse:
         assert self._session is not None, "N8nClient used outside its context"
-        headers = end_to_end(request.headers, drop=NOT_FORWARDED)
-        if client_host:
-            headers.append(("X-Forwarded-For", client_host))
+        headers = to_forward(request.headers, client_host=client_host)
         try:
             async with self._session.request(
                 request.method,

@@ -40,3 +40,13 @@ def end_to_end(
         for name, value in pairs
         if (lowered := name.lower()) not in drop and lowered not in named
     ]
+
+
+def to_forward(
+    headers: Iterable[tuple[str, str]], *, client_host: str | None
+) -> list[tuple[str, str]]:
+    """The headers n8n gets for a client's request: end-to-end ones, plus X-Forwarded-For."""
+    forwarded = end_to_end(headers, drop=NOT_FORWARDED)
+    if client_host:
+        forwarded.append(("X-Forwarded-For", client_host))
+    return forwarded
