@@ -88,6 +88,7 @@ CREATE TABLE executions (
     lease_owner             uuid,
     expires_at              timestamptz,
     deliver_async           boolean NOT NULL DEFAULT false,
+    has_waiters             boolean NOT NULL DEFAULT false,
     next_attempt_at         timestamptz,
     request_raw_path        text,
     request_query           text,

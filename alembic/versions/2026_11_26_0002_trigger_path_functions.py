@@ -156,6 +156,7 @@ RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     retrying boolean := p_status = 'failed' AND p_retry_at IS NOT NULL;
+    waited boolean;
 BEGIN
     PERFORM set_config('app.tenant_id', p_tenant::text, true);
     UPDATE executions
@@ -171,7 +172,8 @@ BEGIN
         lease_expires_at = NULL, finished_at = now(), updated_at = now(),
         expires_at = CASE WHEN retrying THEN NULL
                           ELSE now() + make_interval(secs => p_keep_seconds) END
-    WHERE tenant_id = p_tenant AND id = p_id AND attempts = p_attempt AND status = 'running';
+    WHERE tenant_id = p_tenant AND id = p_id AND attempts = p_attempt AND status = 'running'
+    RETURNING has_waiters INTO waited;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
@@ -184,7 +186,10 @@ BEGIN
     ELSE
         DELETE FROM delivery_queue WHERE execution_id = p_id;
     END IF;
-    PERFORM pg_notify('n8n_gate_execution_finished', p_tenant::text || ' ' || p_id::text);
+    -- NOTIFY serialises committing transactions database-wide: only when someone waits.
+    IF waited THEN
+        PERFORM pg_notify('n8n_gate_execution_finished', p_tenant::text || ' ' || p_id::text);
+    END IF;
     RETURN true;
 END
 $$
@@ -217,7 +222,11 @@ BEGIN
     SET ended_at = now(), outcome = 'failed', error_type = 'claim-interrupted',
         error_detail = 'the database connection was lost while claiming; nothing was sent to n8n'
     WHERE execution_id = released.id AND attempt = released.attempts;
-    PERFORM pg_notify('n8n_gate_execution_finished', p_tenant::text || ' ' || released.id::text);
+    IF released.has_waiters THEN
+        PERFORM pg_notify(
+            'n8n_gate_execution_finished', p_tenant::text || ' ' || released.id::text
+        );
+    END IF;
     RETURN true;
 END
 $$
@@ -228,7 +237,8 @@ $$
 CREATE_ACCEPT = """
 CREATE FUNCTION accept_execution(
     p_tenant uuid, p_key text, p_fingerprint bytea, p_method text, p_mode text,
-    p_workflow_path text, p_raw_path text, p_query text, p_headers jsonb, p_body bytea
+    p_workflow_path text, p_raw_path text, p_query text, p_headers jsonb, p_body bytea,
+    p_notify boolean
 )
 RETURNS TABLE (claimed boolean, lease_expired boolean, execution executions)
 LANGUAGE plpgsql VOLATILE AS $$
@@ -255,7 +265,11 @@ BEGIN
         )
         SELECT true, false, (i.e)::executions FROM inserted i;
         IF FOUND THEN
-            PERFORM pg_notify('n8n_gate_delivery_due', '');
+            -- The accepting process wakes its own workers; others are told only when it has
+            -- none (NOTIFY serialises commits database-wide; their poll finds the rest).
+            IF p_notify THEN
+                PERFORM pg_notify('n8n_gate_delivery_due', '');
+            END IF;
             RETURN;
         END IF;
         DELETE FROM executions
@@ -380,13 +394,27 @@ END
 $$
 """
 
+# A request about to wait for this execution (Prefer: wait) asks to be told when it finishes.
+CREATE_MARK_WAITED = """
+CREATE FUNCTION mark_execution_waited(p_tenant uuid, p_id bigint)
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM set_config('app.tenant_id', p_tenant::text, true);
+    UPDATE executions SET has_waiters = true
+    WHERE tenant_id = p_tenant AND id = p_id AND NOT has_waiters;
+END
+$$
+"""
+
 SIGNATURES = [
     "claim_execution(uuid, text, bytea, text, text, text, double precision, uuid)",
     "retake_execution(uuid, text, double precision, uuid)",
     "renew_execution_lease(uuid, bigint, integer, double precision)",
     "record_execution_outcome(uuid, bigint, integer, text, integer, text, jsonb, bytea, bigint, "
     "text, text, boolean, double precision, timestamptz)",
-    "accept_execution(uuid, text, bytea, text, text, text, text, text, jsonb, bytea)",
+    "accept_execution(uuid, text, bytea, text, text, text, text, text, jsonb, bytea, boolean)",
+    "mark_execution_waited(uuid, bigint)",
     "take_due_delivery(double precision, uuid, integer)",
     "requeue_failed_executions(uuid, text, text, timestamptz, integer)",
     "release_unforwarded_claim(uuid, text, uuid, double precision)",
@@ -404,6 +432,7 @@ def upgrade() -> None:
         CREATE_ACCEPT,
         CREATE_TAKE,
         CREATE_REQUEUE,
+        CREATE_MARK_WAITED,
     ):
         op.execute(statement)
     for signature in SIGNATURES:

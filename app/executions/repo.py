@@ -27,8 +27,9 @@ CLAIM = (
 RETAKE = "SELECT claimed, lease_expired, execution FROM retake_execution($1, $2, $3, $4)"
 ACCEPT = (
     "SELECT claimed, lease_expired, execution "
-    "FROM accept_execution($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    "FROM accept_execution($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 )
+MARK_WAITED = "SELECT mark_execution_waited($1, $2)"
 TAKE_DUE = "SELECT tenant_id, execution FROM take_due_delivery($1, $2, $3)"
 REQUEUE_FAILED = (
     "SELECT execution_id, idempotency_key FROM requeue_failed_executions($1, $2, $3, $4, $5)"
@@ -128,6 +129,7 @@ _NOT_IN_ROW = frozenset(
     {
         "tenant_id",
         "lease_owner",
+        "has_waiters",
         "request_raw_path",
         "request_query",
         "request_headers",
@@ -192,6 +194,7 @@ async def accept(
     query: str,
     headers: list[tuple[str, str]],
     body: bytes,
+    notify: bool,
 ) -> ExecutionRow | None:
     record = await conn.fetchrow(
         ACCEPT,
@@ -205,8 +208,13 @@ async def accept(
         query,
         json.dumps(headers),
         body,
+        notify,
     )
     return _function_row(record)
+
+
+async def mark_waited(conn: AnyConnection, *, tenant_id: UUID, execution_id: int) -> None:
+    await conn.execute(MARK_WAITED, tenant_id, execution_id)
 
 
 async def take_due(

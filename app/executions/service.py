@@ -208,8 +208,13 @@ class ExecutionService:
             in_flight = first
         deadline = time.monotonic() + wait_seconds
         while (remaining := deadline - time.monotonic()) > 0:
-            # Subscribe before reading again, so a finish in between cannot be missed.
+            # Subscribe and flag the row before reading again, so a finish in between cannot be
+            # missed: the outcome's commit sees the flag and notifies, or the read sees the end.
             async with self.finished.subscription(tenant.id, in_flight.execution_id) as finished:
+                async with db.connection(self.pool) as conn:
+                    await repo.mark_waited(
+                        conn, tenant_id=tenant.id, execution_id=in_flight.execution_id
+                    )
                 try:
                     return await self._claim_or_decide(tenant=tenant, request=request)
                 except InFlightWithId as again:
@@ -310,6 +315,7 @@ class ExecutionService:
                 query=request.query,
                 headers=headers,
                 body=request.body,
+                notify=self.settings.delivery_workers == 0,
             )
         if row is None:
             raise ExecutionInFlight(
@@ -318,6 +324,8 @@ class ExecutionService:
             )
         if row.fingerprint != request.fingerprint:
             raise _key_reused()
+        if row.claimed and self.finished.on_delivery_due is not None:
+            self.finished.on_delivery_due()  # this process's workers pick it up at once
         return row
 
     async def deliver(self, delivery: repo.Delivery) -> None:
