@@ -1,10 +1,10 @@
 """Delivery workers: every gateway process delivers async executions (Prefer: respond-async).
 
 Each worker takes one due execution at a time with `take_due_delivery` (FOR UPDATE SKIP LOCKED,
-so no two workers, in any process, take the same one), forwards it and records the outcome. A
-NOTIFY on every accept wakes the workers at once; a poll every GATE_DELIVERY_POLL_SECONDS finds
-retries that came due and anything a notification missed. The number of workers bounds how many
-deliveries a process has in flight toward n8n.
+so no two workers, in any process, take the same one), forwards it and records the outcome. The
+accepting process wakes its own workers at once (and, having none, NOTIFYs the others); a poll
+every GATE_DELIVERY_POLL_SECONDS finds work accepted elsewhere and retries that came due. The
+number of workers bounds how many deliveries a process has in flight toward n8n.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class DeliveryWorkers:
         self._tasks: list[asyncio.Task[None]] = []
 
     def wake(self) -> None:
-        """Something may be due now (a NOTIFY arrived)."""
+        """Something may be due now (accepted here, or a NOTIFY arrived)."""
         self._due.set()
 
     async def __aenter__(self) -> DeliveryWorkers:
