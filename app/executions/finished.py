@@ -18,6 +18,8 @@ from uuid import UUID
 
 import asyncpg
 
+from app.tasks import cancel_and_wait
+
 logger = logging.getLogger(__name__)
 
 CHANNEL = "n8n_gate_execution_finished"
@@ -39,10 +41,7 @@ class FinishedExecutions:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         self._wake_all()
 
     @property

@@ -7,12 +7,12 @@ processes can reap at once and none holds locks for long.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from app import db
 from app.errors import DatabaseUnavailable
 from app.executions import repo
+from app.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +30,7 @@ class Reaper:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def reap_once(self) -> int:
         """Delete every execution expired by now, batch by batch; return how many."""

@@ -47,6 +47,7 @@ from app.executions.finished import FinishedExecutions
 from app.executions.trigger import TriggerRequest, location_for
 from app.forwarding.client import N8nClient, N8nResponse
 from app.forwarding.headers import to_forward
+from app.tasks import cancel_and_wait
 from app.tenants.service import Tenant
 
 logger = logging.getLogger(__name__)
@@ -365,15 +366,15 @@ class ExecutionService:
         try:
             response = await self.n8n.forward(request, client_host=client_host)
         except ForwardFailed as exc:
-            await self._stop(renewal)
+            await cancel_and_wait(renewal)
             outcome = _failure(exc)
             retry_at = self._retry_at(row, outcome, None) if retry else None
             await self._record(tenant_id, row, outcome, retry_at=retry_at)
             raise
         except BaseException:
-            await self._stop(renewal)
+            await cancel_and_wait(renewal)
             raise
-        await self._stop(renewal)
+        await cancel_and_wait(renewal)
         outcome = self._outcome(response, rate_limit_retryable=retry)
         retry_at = self._retry_at(row, outcome, response) if retry else None
         await self._record(tenant_id, row, outcome, retry_at=retry_at)
@@ -416,12 +417,6 @@ class ExecutionService:
             if not held:
                 logger.warning("execution %s attempt %s lost its lease", row.id, row.attempts)
                 return
-
-    @staticmethod
-    async def _stop(task: asyncio.Task[None]) -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
     def _outcome(self, response: N8nResponse, *, rate_limit_retryable: bool) -> repo.Outcome:
         rate_limited = rate_limit_retryable and response.status == 429

@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 
+import httpx
 import pytest
 
 from app.executions.trigger import parse_prefer_wait
@@ -28,14 +29,24 @@ async def until_forwarded(n8n: FakeN8n, key: str, *, within: float = 5.0) -> Non
         await asyncio.sleep(0.005)
 
 
+async def start_slow_first(
+    client: httpx.AsyncClient, n8n: FakeN8n, key: str
+) -> asyncio.Task[httpx.Response]:
+    """Send the key's first request to the slow workflow; return once n8n is working on it."""
+    first = asyncio.create_task(
+        client.post("/webhook/slow", json={}, headers={"Idempotency-Key": key})
+    )
+    await until_forwarded(n8n, key)
+    return first
+
+
 async def test_a_waiting_duplicate_gets_the_replay_when_the_first_finishes(
     make_client: ClientFactory, n8n: FakeN8n
 ) -> None:
     key = f"wait-{uuid.uuid4()}"
     headers = {"Idempotency-Key": key}
     async with make_client() as gateway:
-        first = asyncio.create_task(gateway.post("/webhook/slow", json={}, headers=headers))
-        await until_forwarded(n8n, key)
+        first = await start_slow_first(gateway, n8n, key)
         waiting = asyncio.create_task(
             gateway.post("/webhook/slow", json={}, headers={**headers, "Prefer": "wait=10"})
         )
@@ -55,8 +66,7 @@ async def test_a_waiter_in_another_replica_is_woken_through_the_database(
     key = f"wait-{uuid.uuid4()}"
     headers = {"Idempotency-Key": key}
     async with make_client() as replica_a, make_client() as replica_b:
-        first = asyncio.create_task(replica_a.post("/webhook/slow", json={}, headers=headers))
-        await until_forwarded(n8n, key)
+        first = await start_slow_first(replica_a, n8n, key)
         waiting = asyncio.create_task(
             replica_b.post("/webhook/slow", json={}, headers={**headers, "Prefer": "wait=10"})
         )
@@ -76,8 +86,7 @@ async def test_when_the_wait_runs_out_the_answer_is_409(
     key = f"wait-{uuid.uuid4()}"
     headers = {"Idempotency-Key": key}
     async with make_client() as gateway:
-        first = asyncio.create_task(gateway.post("/webhook/slow", json={}, headers=headers))
-        await until_forwarded(n8n, key)
+        first = await start_slow_first(gateway, n8n, key)
         started = time.monotonic()
         response = await gateway.post(
             "/webhook/slow", json={}, headers={**headers, "Prefer": "wait=1"}
@@ -94,8 +103,7 @@ async def test_the_wait_is_capped_by_the_setting(make_client: ClientFactory, n8n
     key = f"wait-{uuid.uuid4()}"
     headers = {"Idempotency-Key": key}
     async with make_client(max_wait_seconds=0) as gateway:
-        first = asyncio.create_task(gateway.post("/webhook/slow", json={}, headers=headers))
-        await until_forwarded(n8n, key)
+        first = await start_slow_first(gateway, n8n, key)
         response = await gateway.post(
             "/webhook/slow", json={}, headers={**headers, "Prefer": "wait=30"}
         )
