@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     db_pool_min_size: int = Field(default=2, ge=0, le=1000)
     db_pool_max_size: int = Field(default=20, ge=1, le=1000)
     db_command_timeout_seconds: float = Field(default=10.0, gt=0)
+    db_batch_max_calls: int = Field(default=64, ge=1, le=10_000)
 
     n8n_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     n8n_timeout_seconds: float = Field(default=300.0, gt=0)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
 
 from app.db import AnyConnection
+
+Call = TypeVar("Call")
+T = TypeVar("T")
 
 _COLUMNS = """
     id, idempotency_key, fingerprint, method, mode, workflow_path, status, attempts,
@@ -20,15 +25,51 @@ _COLUMNS = """
 """
 
 # The trigger path calls functions (migration 0002) that set the tenant for their own
-# transaction: one round trip each. They return (claimed, lease_expired, execution row).
-CLAIM = (
-    "SELECT claimed, lease_expired, execution FROM claim_execution($1, $2, $3, $4, $5, $6, $7, $8)"
+# transaction. Claims, accepts and outcomes come in batches (app/batching.py): one statement
+# calls the function once per element of its array arguments, in order, in one transaction.
+# A claim or accept returns (claimed, lease_expired, execution row), NULLs when the key's row
+# vanished between the function's two statements.
+CLAIM_MANY = """
+SELECT r.claimed, r.lease_expired, r.execution
+FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::uuid[])
+    WITH ORDINALITY AS c(tenant_id, key, fingerprint, method, mode, workflow_path, owner, n)
+LEFT JOIN LATERAL claim_execution(
+    c.tenant_id, c.key, c.fingerprint, c.method, c.mode, c.workflow_path, $8, c.owner
+) AS r ON true
+ORDER BY c.n
+"""
+ACCEPT_MANY = """
+SELECT r.claimed, r.lease_expired, r.execution
+FROM unnest(
+    $1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[],
+    $8::text[], $9::jsonb[], $10::bytea[]
+) WITH ORDINALITY AS a(
+    tenant_id, key, fingerprint, method, mode, workflow_path, raw_path, query, headers, body, n
 )
+LEFT JOIN LATERAL accept_execution(
+    a.tenant_id, a.key, a.fingerprint, a.method, a.mode, a.workflow_path, a.raw_path, a.query,
+    a.headers, a.body, $11
+) AS r ON true
+ORDER BY a.n
+"""
+RECORD_OUTCOMES = """
+SELECT record_execution_outcome(
+    o.tenant_id, o.id, o.attempt, o.status, o.response_status, o.response_content_type,
+    o.response_headers, o.response_body, o.response_body_bytes, o.error_type, o.error_detail,
+    o.outcome_unknown, o.keep_seconds, o.retry_at
+) AS recorded
+FROM unnest(
+    $1::uuid[], $2::bigint[], $3::integer[], $4::text[], $5::integer[], $6::text[],
+    $7::jsonb[], $8::bytea[], $9::bigint[], $10::text[], $11::text[], $12::boolean[],
+    $13::double precision[], $14::timestamptz[]
+) WITH ORDINALITY AS o(
+    tenant_id, id, attempt, status, response_status, response_content_type, response_headers,
+    response_body, response_body_bytes, error_type, error_detail, outcome_unknown,
+    keep_seconds, retry_at, n
+)
+ORDER BY o.n
+"""
 RETAKE = "SELECT claimed, lease_expired, execution FROM retake_execution($1, $2, $3, $4)"
-ACCEPT = (
-    "SELECT claimed, lease_expired, execution "
-    "FROM accept_execution($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-)
 MARK_WAITED = "SELECT mark_execution_waited($1, $2)"
 TAKE_DUE = "SELECT tenant_id, execution FROM take_due_delivery($1, $2, $3)"
 REQUEUE_FAILED = (
@@ -37,9 +78,6 @@ REQUEUE_FAILED = (
 RELEASE_UNFORWARDED = "SELECT release_unforwarded_claim($1, $2, $3, $4)"
 # Runs as the owner (SECURITY DEFINER), across tenants, expired rows only.
 REAP_EXPIRED = "SELECT reap_expired_executions($1)"
-RECORD_OUTCOME = (
-    "SELECT record_execution_outcome($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-)
 RENEW_LEASE = "SELECT renew_execution_lease($1, $2, $3, $4)"
 
 LIST_ATTEMPTS = """
@@ -141,7 +179,7 @@ _NOT_IN_ROW = frozenset(
 def _function_row(
     record: asyncpg.Record | None, *, claimed: bool | None = None
 ) -> ExecutionRow | None:
-    if record is None:
+    if record is None or record["execution"] is None:
         return None
     columns = {k: v for k, v in record["execution"].items() if k not in _NOT_IN_ROW}
     return ExecutionRow(
@@ -163,54 +201,135 @@ class Delivery:
     body: bytes
 
 
-async def claim(
-    conn: AnyConnection,
-    *,
-    tenant_id: UUID,
-    key: str,
-    fingerprint: bytes,
-    method: str,
-    mode: str,
-    workflow_path: str,
-    lease_seconds: float,
-    owner: UUID,
-) -> ExecutionRow | None:
-    record = await conn.fetchrow(
-        CLAIM, tenant_id, key, fingerprint, method, mode, workflow_path, lease_seconds, owner
+@dataclass(frozen=True)
+class ClaimCall:
+    """A sync trigger's claim on its key (claim_execution)."""
+
+    tenant_id: UUID
+    key: str
+    fingerprint: bytes
+    method: str
+    mode: str
+    workflow_path: str
+    owner: UUID
+
+
+@dataclass(frozen=True)
+class AcceptCall:
+    """An async trigger to store for the delivery workers (accept_execution)."""
+
+    tenant_id: UUID
+    key: str
+    fingerprint: bytes
+    method: str
+    mode: str
+    workflow_path: str
+    raw_path: str
+    query: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class OutcomeCall:
+    """An attempt's outcome to record (record_execution_outcome)."""
+
+    tenant_id: UUID
+    execution_id: int
+    attempt: int
+    outcome: Outcome
+    keep_seconds: float
+    retry_at: datetime | None
+
+
+async def claim_many(
+    conn: AnyConnection, calls: list[ClaimCall], *, lease_seconds: float
+) -> list[ExecutionRow | None]:
+    """Claim each key, or return the row that holds it; one transaction for all."""
+    ordered = _lock_order(calls, key=lambda c: (c.tenant_id, c.key))
+    records = await conn.fetch(
+        CLAIM_MANY,
+        *_columns(
+            [calls[i] for i in ordered],
+            "tenant_id",
+            "key",
+            "fingerprint",
+            "method",
+            "mode",
+            "workflow_path",
+            "owner",
+        ),
+        lease_seconds,
     )
-    return _function_row(record)
+    return _unordered([_function_row(r) for r in records], ordered)
 
 
-async def accept(
-    conn: AnyConnection,
-    *,
-    tenant_id: UUID,
-    key: str,
-    fingerprint: bytes,
-    method: str,
-    mode: str,
-    workflow_path: str,
-    raw_path: str,
-    query: str,
-    headers: list[tuple[str, str]],
-    body: bytes,
-    notify: bool,
-) -> ExecutionRow | None:
-    record = await conn.fetchrow(
-        ACCEPT,
-        tenant_id,
-        key,
-        fingerprint,
-        method,
-        mode,
-        workflow_path,
-        raw_path,
-        query,
-        json.dumps(headers),
-        body,
+async def accept_many(
+    conn: AnyConnection, calls: list[AcceptCall], *, notify: bool
+) -> list[ExecutionRow | None]:
+    """Store each async trigger, or return the row that holds its key; one transaction."""
+    ordered = _lock_order(calls, key=lambda c: (c.tenant_id, c.key))
+    in_order = [calls[i] for i in ordered]
+    records = await conn.fetch(
+        ACCEPT_MANY,
+        *_columns(
+            in_order,
+            "tenant_id",
+            "key",
+            "fingerprint",
+            "method",
+            "mode",
+            "workflow_path",
+            "raw_path",
+            "query",
+        ),
+        [json.dumps(c.headers) for c in in_order],
+        [c.body for c in in_order],
         notify,
     )
-    return _function_row(record)
+    return _unordered([_function_row(r) for r in records], ordered)
+
+
+async def record_outcomes(conn: AnyConnection, calls: list[OutcomeCall]) -> list[bool]:
+    """Record each outcome (False: that attempt no longer runs); one transaction for all."""
+    ordered = _lock_order(calls, key=lambda c: c.execution_id)
+    in_order = [calls[i] for i in ordered]
+    outcomes = [c.outcome for c in in_order]
+    records = await conn.fetch(
+        RECORD_OUTCOMES,
+        *_columns(in_order, "tenant_id", "execution_id", "attempt"),
+        *_columns(outcomes, "status", "response_status", "response_content_type"),
+        [None if o.response_headers is None else json.dumps(o.response_headers) for o in outcomes],
+        *_columns(
+            outcomes,
+            "response_body",
+            "response_body_bytes",
+            "error_type",
+            "error_detail",
+            "outcome_unknown",
+        ),
+        *_columns(in_order, "keep_seconds", "retry_at"),
+    )
+    return _unordered([bool(r["recorded"]) for r in records], ordered)
+
+
+def _lock_order(calls: list[Call], *, key: Callable[[Call], Any]) -> list[int]:
+    """Indexes of `calls` in the order their rows are locked. Every batch locks rows in one
+    global order, so two batches waiting on each other cannot deadlock."""
+    return sorted(range(len(calls)), key=lambda i: key(calls[i]))
+
+
+def _columns(calls: Sequence[object], *names: str) -> list[list[Any]]:
+    """The batch as one array argument per field."""
+    return [[getattr(call, name) for call in calls] for name in names]
+
+
+def _unordered(results: list[T], ordered: list[int]) -> list[T]:
+    """Results of the calls in lock order, put back in the order the calls came in."""
+    back = list(results)
+    for position, index in enumerate(ordered):
+        back[index] = results[position]
+    return back
 
 
 async def mark_waited(conn: AnyConnection, *, tenant_id: UUID, execution_id: int) -> None:
@@ -270,37 +389,6 @@ async def release_unforwarded(
 async def reap_expired(conn: AnyConnection, *, batch_size: int) -> int:
     deleted: int = await conn.fetchval(REAP_EXPIRED, batch_size)
     return deleted
-
-
-async def record_outcome(
-    conn: AnyConnection,
-    *,
-    tenant_id: UUID,
-    execution_id: int,
-    attempt: int,
-    outcome: Outcome,
-    keep_seconds: float,
-    retry_at: datetime | None = None,
-) -> bool:
-    headers = None if outcome.response_headers is None else json.dumps(outcome.response_headers)
-    recorded: bool = await conn.fetchval(
-        RECORD_OUTCOME,
-        tenant_id,
-        execution_id,
-        attempt,
-        outcome.status,
-        outcome.response_status,
-        outcome.response_content_type,
-        headers,
-        outcome.response_body,
-        outcome.response_body_bytes,
-        outcome.error_type,
-        outcome.error_detail,
-        outcome.outcome_unknown,
-        keep_seconds,
-        retry_at,
-    )
-    return recorded
 
 
 async def renew_lease(

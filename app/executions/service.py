@@ -24,10 +24,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 from uuid import UUID
 
 from app import db
+from app.batching import Batcher
 from app.config import Settings
 from app.delivery.backoff import Backoff, parse_retry_after
 from app.errors import (
@@ -58,6 +59,12 @@ MAX_DECISION_ROUNDS = 3
 # database is unreachable.
 RECORD_RETRY_SECONDS = 600.0
 TRUNCATED_HEADER = "N8n-Gate-Body-Truncated"
+# Group commit (app/batching.py): a batch carries at most this many body bytes (a larger
+# request goes alone), and a process runs at most this many batches of one kind at once.
+BATCH_MAX_BYTES = 4 * 1024 * 1024
+BATCHES_IN_FLIGHT = 2
+Call = TypeVar("Call")
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,9 @@ class ExecutionService:
     _in_flight: set[asyncio.Task[GatewayAnswer]] = field(default_factory=set)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     _completed: CompletedExecutions = field(init=False)
+    _claims: Batcher[repo.ClaimCall, repo.ExecutionRow | None] = field(init=False)
+    _accepts: Batcher[repo.AcceptCall, repo.ExecutionRow | None] = field(init=False)
+    _outcomes: Batcher[repo.OutcomeCall, bool] = field(init=False)
 
     def __post_init__(self) -> None:
         self.backoff = Backoff(
@@ -104,6 +114,42 @@ class ExecutionService:
             max_bytes=self.settings.replay_cache_bytes,
             ttl_seconds=self.settings.replay_cache_seconds,
         )
+        self._claims = self._batcher(self._claim_batch, size_of=lambda call: len(call.key))
+        self._accepts = self._batcher(
+            self._accept_batch, size_of=lambda call: len(call.body) + len(call.key)
+        )
+        self._outcomes = self._batcher(
+            self._outcome_batch, size_of=lambda call: len(call.outcome.response_body or b"")
+        )
+
+    def _batcher(
+        self,
+        run: Callable[[list[Call]], Awaitable[list[Result]]],
+        *,
+        size_of: Callable[[Call], int],
+    ) -> Batcher[Call, Result]:
+        return Batcher(
+            run,
+            max_items=self.settings.db_batch_max_calls,
+            max_bytes=BATCH_MAX_BYTES,
+            size_of=size_of,
+            concurrency=BATCHES_IN_FLIGHT,
+            shared_failure=lambda exc: isinstance(exc, DatabaseUnavailable),
+        )
+
+    async def _claim_batch(self, calls: list[repo.ClaimCall]) -> list[repo.ExecutionRow | None]:
+        async with db.connection(self.pool) as conn:
+            return await repo.claim_many(conn, calls, lease_seconds=self.settings.lease_seconds)
+
+    async def _accept_batch(self, calls: list[repo.AcceptCall]) -> list[repo.ExecutionRow | None]:
+        # The accepting process wakes its own workers; others are told only when it has none.
+        notify = self.settings.delivery_workers == 0
+        async with db.connection(self.pool) as conn:
+            return await repo.accept_many(conn, calls, notify=notify)
+
+    async def _outcome_batch(self, calls: list[repo.OutcomeCall]) -> list[bool]:
+        async with db.connection(self.pool) as conn:
+            return await repo.record_outcomes(conn, calls)
 
     async def trigger(
         self,
@@ -140,6 +186,8 @@ class ExecutionService:
         pending = {*self._in_flight, *self._background}
         if pending:
             await asyncio.wait(pending, timeout=grace_seconds)
+        for batcher in (self._claims, self._accepts, self._outcomes):
+            await batcher.wait_idle()
 
     async def get(self, *, tenant: Tenant, key: str) -> ExecutionDetail:
         async with db.tenant_transaction(self.pool, tenant.id) as conn:
@@ -232,32 +280,30 @@ class ExecutionService:
             # A fresh owner per claim: if the connection drops mid-claim, the claim may have
             # committed unseen, and this token lets it be released once the database is back.
             owner = uuid.uuid4()
-            async with (
-                self._releasing_on_outage(tenant, request.key, owner),
-                db.connection(self.pool) as conn,
-            ):
-                row = await repo.claim(
-                    conn,
-                    tenant_id=tenant.id,
-                    key=request.key,
-                    fingerprint=request.fingerprint,
-                    method=request.method,
-                    mode=request.mode,
-                    workflow_path=request.workflow_path,
-                    lease_seconds=self.settings.lease_seconds,
-                    owner=owner,
+            async with self._releasing_on_outage(tenant, request.key, owner):
+                row = await self._claims.submit(
+                    repo.ClaimCall(
+                        tenant_id=tenant.id,
+                        key=request.key,
+                        fingerprint=request.fingerprint,
+                        method=request.method,
+                        mode=request.mode,
+                        workflow_path=request.workflow_path,
+                        owner=owner,
+                    )
                 )
                 if row is None:  # deleted between the function's two statements; claim again
                     continue
                 if row.claimed or self._should_replay(row, request):
                     return row
-                retaken = await repo.retake(
-                    conn,
-                    tenant_id=tenant.id,
-                    key=request.key,
-                    lease_seconds=self.settings.lease_seconds,
-                    owner=owner,
-                )
+                async with db.connection(self.pool) as conn:
+                    retaken = await repo.retake(
+                        conn,
+                        tenant_id=tenant.id,
+                        key=request.key,
+                        lease_seconds=self.settings.lease_seconds,
+                        owner=owner,
+                    )
             if retaken is not None:
                 return retaken
         raise ExecutionInFlight(
@@ -302,10 +348,8 @@ class ExecutionService:
     ) -> repo.ExecutionRow:
         """Store an async trigger for the delivery workers (Prefer: respond-async); or return
         the execution that already holds the key. Raises 422 for another request's key."""
-        headers = to_forward(request.headers, client_host=client_host)
-        async with db.connection(self.pool) as conn:
-            row = await repo.accept(
-                conn,
+        row = await self._accepts.submit(
+            repo.AcceptCall(
                 tenant_id=tenant.id,
                 key=request.key,
                 fingerprint=request.fingerprint,
@@ -314,10 +358,10 @@ class ExecutionService:
                 workflow_path=request.workflow_path,
                 raw_path=request.raw_path,
                 query=request.query,
-                headers=headers,
+                headers=to_forward(request.headers, client_host=client_host),
                 body=request.body,
-                notify=self.settings.delivery_workers == 0,
             )
+        )
         if row is None:
             raise ExecutionInFlight(
                 "The key changed hands just now. Retry shortly.",
@@ -506,9 +550,8 @@ class ExecutionService:
         *,
         retry_at: datetime | None,
     ) -> None:
-        async with db.connection(self.pool) as conn:
-            recorded = await repo.record_outcome(
-                conn,
+        recorded = await self._outcomes.submit(
+            repo.OutcomeCall(
                 tenant_id=tenant_id,
                 execution_id=row.id,
                 attempt=row.attempts,
@@ -516,6 +559,7 @@ class ExecutionService:
                 keep_seconds=self._retention(outcome.status),
                 retry_at=retry_at,
             )
+        )
         if not recorded:  # recorded already (an earlier try committed unseen) or taken over
             logger.info("execution %s attempt %s no longer running", row.id, row.attempts)
 

@@ -1,0 +1,132 @@
+"""Group commit: concurrent calls share a batch, and each caller still gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.batching import Batcher
+
+
+class Unavailable(Exception):
+    pass
+
+
+class Recorder:
+    """A `run` for the batcher that doubles numbers, rejects 666 and fails as if unreachable on -1, and records batches."""
+
+    def __init__(self, *, pause: asyncio.Event | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.pause = pause
+
+    async def run(self, items: list[int]) -> list[int]:
+        self.batches.append(items)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.pause is not None:
+                await self.pause.wait()
+            await asyncio.sleep(0)
+            if -1 in items:
+                raise Unavailable("the database is down")
+            if 666 in items:
+                raise ValueError("666 is bad")
+            return [item * 2 for item in items]
+        finally:
+            self.in_flight -= 1
+
+
+def batcher(
+    recorder: Recorder, *, max_items: int = 64, max_bytes: int = 1000, concurrency: int = 1
+) -> Batcher[int, int]:
+    return Batcher(
+        recorder.run,
+        max_items=max_items,
+        max_bytes=max_bytes,
+        size_of=lambda item: abs(item),
+        concurrency=concurrency,
+        shared_failure=lambda exc: isinstance(exc, Unavailable),
+    )
+
+
+async def test_a_lone_call_runs_at_once_as_a_batch_of_one() -> None:
+    recorder = Recorder()
+    assert await batcher(recorder).submit(21) == 42
+    assert recorder.batches == [[21]]
+
+
+async def test_concurrent_calls_share_batches_and_each_gets_its_own_result() -> None:
+    recorder = Recorder()
+    calls = batcher(recorder, max_items=10)
+    results = await asyncio.gather(*(calls.submit(n) for n in range(1, 26)))
+    assert results == [n * 2 for n in range(1, 26)]
+    assert [len(b) for b in recorder.batches] == [10, 10, 5]
+
+
+async def test_calls_arriving_while_a_batch_runs_form_the_next_batch() -> None:
+    pause = asyncio.Event()
+    recorder = Recorder(pause=pause)
+    calls = batcher(recorder)
+    first = asyncio.ensure_future(calls.submit(1))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    later = [asyncio.ensure_future(calls.submit(n)) for n in (2, 3, 4)]
+    pause.set()
+    assert await asyncio.gather(first, *later) == [2, 4, 6, 8]
+    assert recorder.batches == [[1], [2, 3, 4]]
+
+
+async def test_a_failing_call_fails_alone_and_the_rest_of_its_batch_succeeds() -> None:
+    recorder = Recorder()
+    calls = batcher(recorder)
+    results = await asyncio.gather(*(calls.submit(n) for n in (1, 666, 3)), return_exceptions=True)
+    assert results[0] == 2 and results[2] == 6
+    assert isinstance(results[1], ValueError)
+    assert recorder.batches == [[1, 666, 3], [1], [666], [3]]
+
+
+async def test_an_unreachable_database_fails_the_whole_batch_without_retrying_each() -> None:
+    recorder = Recorder()
+    calls = batcher(recorder)
+    results = await asyncio.gather(*(calls.submit(n) for n in (1, -1, 3)), return_exceptions=True)
+    assert all(isinstance(r, Unavailable) for r in results)
+    assert recorder.batches == [[1, -1, 3]]
+
+
+async def test_a_batch_stops_at_max_bytes_and_a_large_call_goes_alone() -> None:
+    recorder = Recorder()
+    calls = batcher(recorder, max_bytes=100)
+    await asyncio.gather(*(calls.submit(n) for n in (40, 50, 20, 500, 30)))
+    assert recorder.batches == [[40, 50], [20], [500], [30]]
+
+
+async def test_at_most_concurrency_batches_run_at_once() -> None:
+    pause = asyncio.Event()
+    recorder = Recorder(pause=pause)
+    calls = batcher(recorder, max_items=2, concurrency=3)
+    pending = [asyncio.ensure_future(calls.submit(n)) for n in range(1, 21)]
+    while len(recorder.batches) < 3:
+        await asyncio.sleep(0)
+    pause.set()
+    assert await asyncio.gather(*pending) == [n * 2 for n in range(1, 21)]
+    assert recorder.most_in_flight == 3
+
+
+async def test_a_caller_that_goes_away_does_not_stop_its_call() -> None:
+    pause = asyncio.Event()
+    recorder = Recorder(pause=pause)
+    calls = batcher(recorder)
+    gone = asyncio.ensure_future(calls.submit(1))
+    stays = asyncio.ensure_future(calls.submit(2))
+    while not recorder.batches:
+        await asyncio.sleep(0)
+    gone.cancel()
+    pause.set()
+    assert await stays == 4
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    await calls.wait_idle()
+    assert recorder.batches == [[1, 2]]
