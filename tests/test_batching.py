@@ -14,16 +14,25 @@ class Unavailable(Exception):
 
 
 class Recorder:
-    """A `run` for the batcher that doubles numbers, rejects 666 and fails as if unreachable on -1, and records batches."""
+    """A `run` for the batcher: doubles numbers, rejects 666, fails as if the database were
+    unreachable on -1, and records its batches."""
 
     def __init__(self, *, pause: asyncio.Event | None = None) -> None:
         self.batches: list[list[int]] = []
         self.in_flight = 0
         self.most_in_flight = 0
         self.pause = pause
+        self._batch_started = asyncio.Event()
+
+    async def started(self, count: int) -> None:
+        """Wait until `count` batches have started."""
+        while len(self.batches) < count:
+            self._batch_started.clear()
+            await self._batch_started.wait()
 
     async def run(self, items: list[int]) -> list[int]:
         self.batches.append(items)
+        self._batch_started.set()
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
@@ -83,7 +92,7 @@ async def test_a_failing_call_fails_alone_and_the_rest_of_its_batch_succeeds() -
     recorder = Recorder()
     calls = batcher(recorder)
     results = await asyncio.gather(*(calls.submit(n) for n in (1, 666, 3)), return_exceptions=True)
-    assert results[0] == 2 and results[2] == 6
+    assert (results[0], results[2]) == (2, 6)
     assert isinstance(results[1], ValueError)
     assert recorder.batches == [[1, 666, 3], [1], [666], [3]]
 
@@ -108,8 +117,7 @@ async def test_at_most_concurrency_batches_run_at_once() -> None:
     recorder = Recorder(pause=pause)
     calls = batcher(recorder, max_items=2, concurrency=3)
     pending = [asyncio.ensure_future(calls.submit(n)) for n in range(1, 21)]
-    while len(recorder.batches) < 3:
-        await asyncio.sleep(0)
+    await recorder.started(3)
     pause.set()
     assert await asyncio.gather(*pending) == [n * 2 for n in range(1, 21)]
     assert recorder.most_in_flight == 3
@@ -121,8 +129,7 @@ async def test_a_caller_that_goes_away_does_not_stop_its_call() -> None:
     calls = batcher(recorder)
     gone = asyncio.ensure_future(calls.submit(1))
     stays = asyncio.ensure_future(calls.submit(2))
-    while not recorder.batches:
-        await asyncio.sleep(0)
+    await recorder.started(1)
     gone.cancel()
     pause.set()
     assert await stays == 4
