@@ -2,7 +2,7 @@
 
 Every trigger costs at least one durable commit, and a commit costs far more than the row it
 writes: at 16 calls per statement Postgres and asyncpg do about a third of the work per call
-(see README, "Performance"). A `Batcher` queues calls while a batch is in flight and sends the
+(`bench/group_commit.py`; README, "Benchmark"). A `Batcher` queues calls while a batch is in flight and sends the
 queue as the next batch, so it adds no delay at low load (a lone call is a batch of one) and
 batches grow with the load. A caller still gets its answer only after its batch committed, so
 a 202 or a recorded outcome is exactly as durable as with one transaction per call.
