@@ -202,8 +202,8 @@ class Delivery:
 
 
 @dataclass(frozen=True)
-class ClaimCall:
-    """A sync trigger's claim on its key (claim_execution)."""
+class KeyCall:
+    """What every call that may create an execution names: the key and the request's identity."""
 
     tenant_id: UUID
     key: str
@@ -211,19 +211,22 @@ class ClaimCall:
     method: str
     mode: str
     workflow_path: str
+
+
+_KEY_FIELDS = ("tenant_id", "key", "fingerprint", "method", "mode", "workflow_path")
+
+
+@dataclass(frozen=True)
+class ClaimCall(KeyCall):
+    """A sync trigger's claim on its key (claim_execution)."""
+
     owner: UUID
 
 
 @dataclass(frozen=True)
-class AcceptCall:
+class AcceptCall(KeyCall):
     """An async trigger to store for the delivery workers (accept_execution)."""
 
-    tenant_id: UUID
-    key: str
-    fingerprint: bytes
-    method: str
-    mode: str
-    workflow_path: str
     raw_path: str
     query: str
     headers: list[tuple[str, str]]
@@ -248,18 +251,7 @@ async def claim_many(
     """Claim each key, or return the row that holds it; one transaction for all."""
     ordered = _lock_order(calls, key=lambda c: (c.tenant_id, c.key))
     records = await conn.fetch(
-        CLAIM_MANY,
-        *_columns(
-            [calls[i] for i in ordered],
-            "tenant_id",
-            "key",
-            "fingerprint",
-            "method",
-            "mode",
-            "workflow_path",
-            "owner",
-        ),
-        lease_seconds,
+        CLAIM_MANY, *_columns([calls[i] for i in ordered], *_KEY_FIELDS, "owner"), lease_seconds
     )
     return _unordered([_function_row(r) for r in records], ordered)
 
@@ -272,17 +264,7 @@ async def accept_many(
     in_order = [calls[i] for i in ordered]
     records = await conn.fetch(
         ACCEPT_MANY,
-        *_columns(
-            in_order,
-            "tenant_id",
-            "key",
-            "fingerprint",
-            "method",
-            "mode",
-            "workflow_path",
-            "raw_path",
-            "query",
-        ),
+        *_columns(in_order, *_KEY_FIELDS, "raw_path", "query"),
         [json.dumps(c.headers) for c in in_order],
         [c.body for c in in_order],
         notify,
