@@ -32,6 +32,9 @@ def gateway_env(database_url: str, fake_n8n: tuple[FakeN8n, str]) -> dict[str, s
         GATE_ACCESS_LOG="false",
         GATE_LEASE_SECONDS="1",
         GATE_LEASE_RENEW_SECONDS="0.3",
+        # Four replicas of 20 connections each, with the rest of the suite, came within reach
+        # of the CI server's max_connections (100); a replica then rightly answers 503.
+        GATE_DB_POOL_MAX_SIZE="10",
     )
 
 
