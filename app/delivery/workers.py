@@ -1,10 +1,11 @@
 """Delivery workers: every gateway process delivers async executions (Prefer: respond-async).
 
-Each worker takes one due execution at a time with `take_due_delivery` (FOR UPDATE SKIP LOCKED,
-so no two workers, in any process, take the same one), forwards it and records the outcome. The
-accepting process wakes its own workers at once (and, having none, NOTIFYs the others); a poll
-every GATE_DELIVERY_POLL_SECONDS finds work accepted elsewhere and retries that came due. The
-number of workers bounds how many deliveries a process has in flight toward n8n.
+A process delivers at most `count` executions at once. One dispatcher takes due executions
+for the free slots with `take_due_deliveries`, several in one transaction (FOR UPDATE SKIP
+LOCKED, so no two processes take the same one), and runs each delivery as a task: forward,
+then record the outcome. The dispatcher looks again when a slot frees, when this process
+accepts a trigger (or, having no workers, NOTIFYs the others), and every
+GATE_DELIVERY_POLL_SECONDS, which finds work accepted elsewhere and retries that came due.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from app import db
 from app.errors import DatabaseUnavailable
 from app.executions import repo
 from app.executions.service import ExecutionService
+from app.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -35,60 +37,75 @@ class DeliveryWorkers:
         self._count = count
         self._poll_seconds = poll_seconds
         self._grace_seconds = grace_seconds
-        self._due = asyncio.Event()
+        self._look_again = asyncio.Event()
         self._stopping = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._deliveries: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         """Something may be due now (accepted here, or a NOTIFY arrived)."""
-        self._due.set()
+        self._look_again.set()
 
     async def __aenter__(self) -> DeliveryWorkers:
-        self._tasks = [asyncio.create_task(self._work()) for _ in range(self._count)]
+        if self._count > 0:
+            self._dispatcher = asyncio.create_task(self._dispatch())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Take nothing new; let deliveries in flight finish within the grace period."""
         self._stopping = True
-        self._due.set()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self._grace_seconds)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._look_again.set()
+        if self._dispatcher is not None:
+            # It ends at its next look; what it took meanwhile is delivered, not dropped.
+            await asyncio.wait({self._dispatcher}, timeout=self._grace_seconds)
+            await cancel_and_wait(self._dispatcher)
+        if self._deliveries:
+            await asyncio.wait(self._deliveries, timeout=self._grace_seconds)
+        for delivery in list(self._deliveries):
+            await cancel_and_wait(delivery)
 
-    async def _work(self) -> None:
+    async def _dispatch(self) -> None:
         while not self._stopping:
-            try:
-                delivery = await self._take()
-            except DatabaseUnavailable:
-                delivery = None
-            except Exception:
-                # A worker that died would stop delivering for good: log, pause, go on.
-                logger.exception("could not take a due delivery")
-                delivery = None
-            if delivery is None:
-                await self._wait_until_due()
-                continue
-            try:
-                await self._service.deliver(delivery)
-            except Exception:
-                logger.exception("delivery of execution %s failed", delivery.row.id)
+            # Cleared before the take: a wake-up during the take means look again at once.
+            self._look_again.clear()
+            free = self._count - len(self._deliveries)
+            taken = await self._take(free) if free > 0 else []
+            for delivery in taken:
+                self._start(delivery)
+            if free > 0 and len(taken) == free:
+                continue  # every slot filled: more may be due once one frees
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._look_again.wait(), self._poll_seconds)
 
-    async def _wait_until_due(self) -> None:
-        if self._stopping:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._due.wait(), self._poll_seconds)
-        if not self._stopping:  # while stopping, the event stays set for every worker
-            self._due.clear()
+    def _start(self, delivery: repo.Delivery) -> None:
+        task = asyncio.create_task(self._deliver(delivery))
+        self._deliveries.add(task)
+        task.add_done_callback(self._finished)
 
-    async def _take(self) -> repo.Delivery | None:
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._deliveries.discard(task)
+        self._look_again.set()  # a slot is free
+
+    async def _deliver(self, delivery: repo.Delivery) -> None:
+        try:
+            await self._service.deliver(delivery)
+        except Exception:
+            logger.exception("delivery of execution %s failed", delivery.row.id)
+
+    async def _take(self, limit: int) -> list[repo.Delivery]:
         settings = self._service.settings
-        async with db.connection(self._service.pool) as conn:
-            return await repo.take_due(
-                conn,
-                lease_seconds=settings.lease_seconds,
-                owner=uuid.uuid4(),
-                max_per_target=settings.delivery_max_per_workflow,
-            )
+        try:
+            async with db.connection(self._service.pool) as conn:
+                return await repo.take_due(
+                    conn,
+                    lease_seconds=settings.lease_seconds,
+                    owner=uuid.uuid4(),
+                    max_per_target=settings.delivery_max_per_workflow,
+                    limit=limit,
+                )
+        except DatabaseUnavailable:
+            return []
+        except Exception:
+            # A dispatcher that died would stop delivering for good: log, wait, go on.
+            logger.exception("could not take due deliveries")
+            return []

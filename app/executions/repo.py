@@ -71,7 +71,7 @@ ORDER BY o.n
 """
 RETAKE = "SELECT claimed, lease_expired, execution FROM retake_execution($1, $2, $3, $4)"
 MARK_WAITED = "SELECT mark_execution_waited($1, $2)"
-TAKE_DUE = "SELECT tenant_id, execution FROM take_due_delivery($1, $2, $3)"
+TAKE_DUE = "SELECT tenant_id, execution FROM take_due_deliveries($1, $2, $3, $4)"
 REQUEUE_FAILED = (
     "SELECT execution_id, idempotency_key FROM requeue_failed_executions($1, $2, $3, $4, $5)"
 )
@@ -319,11 +319,14 @@ async def mark_waited(conn: AnyConnection, *, tenant_id: UUID, execution_id: int
 
 
 async def take_due(
-    conn: AnyConnection, *, lease_seconds: float, owner: UUID, max_per_target: int
-) -> Delivery | None:
-    record = await conn.fetchrow(TAKE_DUE, lease_seconds, owner, max_per_target)
-    if record is None:
-        return None
+    conn: AnyConnection, *, lease_seconds: float, owner: UUID, max_per_target: int, limit: int
+) -> list[Delivery]:
+    """Take up to `limit` due deliveries (migration 0003); one transaction for all."""
+    records = await conn.fetch(TAKE_DUE, lease_seconds, owner, max_per_target, limit)
+    return [_delivery(record) for record in records]
+
+
+def _delivery(record: asyncpg.Record) -> Delivery:
     execution = record["execution"]
     row = _function_row(record, claimed=True)
     assert row is not None
