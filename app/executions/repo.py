@@ -69,6 +69,20 @@ FROM unnest(
 )
 ORDER BY o.n
 """
+# A lone call (no concurrent caller to batch with) takes the plain function call instead, with
+# the same parameter numbers: about 0.1 ms quicker than the batch statement with one element,
+# which is most of the latency at one connection.
+CLAIM_ONE = (
+    "SELECT claimed, lease_expired, execution FROM claim_execution($1, $2, $3, $4, $5, $6, $8, $7)"
+)
+ACCEPT_ONE = (
+    "SELECT claimed, lease_expired, execution "
+    "FROM accept_execution($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+)
+RECORD_ONE = (
+    "SELECT record_execution_outcome("
+    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) AS recorded"
+)
 RETAKE = "SELECT claimed, lease_expired, execution FROM retake_execution($1, $2, $3, $4)"
 MARK_WAITED = "SELECT mark_execution_waited($1, $2)"
 TAKE_DUE = "SELECT tenant_id, execution FROM take_due_deliveries($1, $2, $3, $4)"
@@ -250,9 +264,8 @@ async def claim_many(
 ) -> list[ExecutionRow | None]:
     """Claim each key, or return the row that holds it; one transaction for all."""
     ordered = _lock_order(calls, key=lambda c: (c.tenant_id, c.key))
-    records = await conn.fetch(
-        CLAIM_MANY, *_columns([calls[i] for i in ordered], *_KEY_FIELDS, "owner"), lease_seconds
-    )
+    columns = _columns([calls[i] for i in ordered], *_KEY_FIELDS, "owner")
+    records = await _call(conn, CLAIM_ONE, CLAIM_MANY, columns, lease_seconds)
     return _unordered([_function_row(r) for r in records], ordered)
 
 
@@ -262,13 +275,12 @@ async def accept_many(
     """Store each async trigger, or return the row that holds its key; one transaction."""
     ordered = _lock_order(calls, key=lambda c: (c.tenant_id, c.key))
     in_order = [calls[i] for i in ordered]
-    records = await conn.fetch(
-        ACCEPT_MANY,
+    columns = [
         *_columns(in_order, *_KEY_FIELDS, "raw_path", "query"),
         [json.dumps(c.headers) for c in in_order],
         [c.body for c in in_order],
-        notify,
-    )
+    ]
+    records = await _call(conn, ACCEPT_ONE, ACCEPT_MANY, columns, notify)
     return _unordered([_function_row(r) for r in records], ordered)
 
 
@@ -277,8 +289,7 @@ async def record_outcomes(conn: AnyConnection, calls: list[OutcomeCall]) -> list
     ordered = _lock_order(calls, key=lambda c: c.execution_id)
     in_order = [calls[i] for i in ordered]
     outcomes = [c.outcome for c in in_order]
-    records = await conn.fetch(
-        RECORD_OUTCOMES,
+    columns = [
         *_columns(in_order, "tenant_id", "execution_id", "attempt"),
         *_columns(outcomes, "status", "response_status", "response_content_type"),
         [None if o.response_headers is None else json.dumps(o.response_headers) for o in outcomes],
@@ -291,8 +302,19 @@ async def record_outcomes(conn: AnyConnection, calls: list[OutcomeCall]) -> list
             "outcome_unknown",
         ),
         *_columns(in_order, "keep_seconds", "retry_at"),
-    )
-    return _unordered([bool(r["recorded"]) for r in records], ordered)
+    ]
+    records = await _call(conn, RECORD_ONE, RECORD_OUTCOMES, columns)
+    return _unordered([r is not None and bool(r["recorded"]) for r in records], ordered)
+
+
+async def _call(
+    conn: AnyConnection, one: str, many: str, columns: list[list[Any]], *shared: Any
+) -> list[asyncpg.Record | None]:
+    """Run a batch: `many` with one array per column and then the shared arguments, or for a
+    lone call `one` with the same arguments as scalars."""
+    if len(columns[0]) == 1:
+        return [await conn.fetchrow(one, *(column[0] for column in columns), *shared)]
+    return list(await conn.fetch(many, *columns, *shared))
 
 
 def _lock_order(calls: list[Call], *, key: Callable[[Call], Any]) -> list[int]:
