@@ -81,6 +81,8 @@ class Batcher(Generic[Item, Result]):
     async def _run_batch(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
             results = await self._run([item for item, _ in batch])
+            if len(results) != len(batch):  # a bug; its callers must not wait forever
+                raise RuntimeError(f"{len(results)} results for a batch of {len(batch)} calls")
         except Exception as exc:
             if len(batch) == 1 or self._shared_failure(exc):
                 for _, future in batch:
@@ -93,7 +95,7 @@ class Batcher(Generic[Item, Result]):
             for _, future in batch:
                 future.cancel()
             raise
-        for (_, future), result in zip(batch, results, strict=True):
+        for (_, future), result in zip(batch, results, strict=False):
             if not future.done():  # its caller went away; the call ran all the same
                 future.set_result(result)
 

@@ -15,7 +15,7 @@ class Unavailable(Exception):
 
 class Recorder:
     """A `run` for the batcher: doubles numbers, rejects 666, fails as if the database were
-    unreachable on -1, and records its batches."""
+    unreachable on -1, returns no results for a batch with 0, and records its batches."""
 
     def __init__(self, *, pause: asyncio.Event | None = None) -> None:
         self.batches: list[list[int]] = []
@@ -43,6 +43,8 @@ class Recorder:
                 raise Unavailable("the database is down")
             if 666 in items:
                 raise ValueError("666 is bad")
+            if 0 in items:
+                return []  # a run that forgets results
             return [item * 2 for item in items]
         finally:
             self.in_flight -= 1
@@ -137,3 +139,11 @@ async def test_a_caller_that_goes_away_does_not_stop_its_call() -> None:
         await gone
     await calls.wait_idle()
     assert recorder.batches == [[1, 2]]
+
+
+async def test_a_run_that_returns_too_few_results_fails_its_callers_instead_of_hanging() -> None:
+    recorder = Recorder()
+    calls = batcher(recorder)
+    results = await asyncio.gather(*(calls.submit(n) for n in (0, 1)), return_exceptions=True)
+    assert isinstance(results[0], RuntimeError)
+    assert results[1] == 2
