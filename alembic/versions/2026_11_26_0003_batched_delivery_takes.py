@@ -5,7 +5,8 @@ One dispatcher per process now takes as many due deliveries as it has free slots
 transaction, instead of each worker taking one per transaction (README, "Async delivery").
 The rules are those of `take_due_delivery` (migration 0002): SKIP LOCKED between takers, the
 per-target cap counted exactly under an advisory lock per target, and an execution whose
-worker died taken over once its lease ran out.
+worker died taken over once its lease ran out. Passing over a target at its cap no longer
+scans that target's backlog: an index on (target, due_at) lets the take walk the targets.
 
 Revision ID: 0003
 Revises: 0002
@@ -39,12 +40,40 @@ BEGIN
     -- under a live lease), or marks a target full; either way the row leaves the due set.
     FOR pass_number IN 1..p_limit + 20 LOOP
         EXIT WHEN taken_count >= p_limit;
-        SELECT q.execution_id, q.tenant_id, q.target INTO queued
-        FROM delivery_queue q
-        WHERE q.due_at <= now() AND NOT (q.target = ANY (full_targets))
-        ORDER BY q.due_at
-        LIMIT 1
-        FOR UPDATE SKIP LOCKED;
+        IF cardinality(full_targets) = 0 THEN
+            SELECT q.execution_id, q.tenant_id, q.target INTO queued
+            FROM delivery_queue q
+            WHERE q.due_at <= now()
+            ORDER BY q.due_at
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED;
+        ELSE
+            -- Skipping a full target's rows one by one costs its whole backlog, on every look.
+            -- Walk the distinct targets instead (one index probe each) and take the earliest
+            -- due row among those that are not full.
+            WITH RECURSIVE targets (target) AS (
+                (SELECT q.target FROM delivery_queue q ORDER BY q.target LIMIT 1)
+                UNION ALL
+                SELECT (SELECT q.target FROM delivery_queue q
+                        WHERE q.target > t.target ORDER BY q.target LIMIT 1)
+                FROM targets t WHERE t.target IS NOT NULL
+            ), open_targets AS (
+                SELECT t.target FROM targets t
+                WHERE t.target IS NOT NULL AND NOT (t.target = ANY (full_targets))
+            )
+            SELECT head.execution_id, head.tenant_id, head.target INTO queued
+            FROM open_targets o
+            CROSS JOIN LATERAL (
+                SELECT q.execution_id, q.tenant_id, q.target, q.due_at
+                FROM delivery_queue q
+                WHERE q.target = o.target AND q.due_at <= now()
+                ORDER BY q.due_at
+                LIMIT 1
+                FOR UPDATE SKIP LOCKED
+            ) AS head
+            ORDER BY head.due_at
+            LIMIT 1;
+        END IF;
         EXIT WHEN NOT FOUND;
         IF p_max_per_target > 0 THEN
             -- Takers of one target queue here, so the count below is exact; it includes the
@@ -94,6 +123,8 @@ $$
 """
 
 TAKE_MANY = "take_due_deliveries(double precision, uuid, integer, integer)"
+# Serves the walk over targets and each target's earliest due row.
+CREATE_TARGET_INDEX = "CREATE INDEX delivery_queue_target_due ON delivery_queue (target, due_at)"
 TAKE_ONE = "take_due_delivery(double precision, uuid, integer)"
 
 # Migration 0002's function as it was, for the downgrade.
@@ -169,6 +200,7 @@ $$
 
 def upgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
+    op.execute(CREATE_TARGET_INDEX)
     op.execute(CREATE_TAKE_MANY)
     op.execute(f"REVOKE ALL ON FUNCTION {TAKE_MANY} FROM PUBLIC")
     op.execute(f"GRANT EXECUTE ON FUNCTION {TAKE_MANY} TO n8n_gate_app")
@@ -181,3 +213,4 @@ def downgrade() -> None:
     op.execute(f"REVOKE ALL ON FUNCTION {TAKE_ONE} FROM PUBLIC")
     op.execute(f"GRANT EXECUTE ON FUNCTION {TAKE_ONE} TO n8n_gate_app")
     op.execute(f"DROP FUNCTION {TAKE_MANY}")
+    op.execute("DROP INDEX delivery_queue_target_due")

@@ -270,3 +270,31 @@ async def test_deliveries_to_one_workflow_are_bounded(make_client: ClientFactory
                 await until_status(client, key, "completed")
     assert fake.slow_most_in_flight == 2
     assert sorted(call.key for call in fake.calls if call.key in set(keys)) == sorted(keys)
+
+
+async def test_a_workflow_at_its_cap_does_not_hold_up_the_others(
+    make_client: ClientFactory,
+) -> None:
+    fake = FakeN8n()
+    run = uuid.uuid4().hex[:8]
+    capped = [f"capped-{run}-{i}" for i in range(4)]
+    other = f"other-{run}"
+    with serve_in_thread(fake.app) as n8n_url:
+        async with make_client(
+            n8n_base_url=n8n_url,
+            delivery_workers=4,
+            delivery_max_per_workflow=1,
+            delivery_poll_seconds=0.05,
+        ) as client:
+            # Queued first, so the capped workflow's backlog is at the head of the queue.
+            for key in capped:
+                await client.post(
+                    "/webhook/slow", json={}, headers={**ASYNC, "Idempotency-Key": key}
+                )
+            await client.post("/webhook/echo", json={}, headers={**ASYNC, "Idempotency-Key": other})
+            await until_status(client, other, "completed")
+            assert fake.slow_in_flight == 1  # delivered while the capped one still holds its slot
+            fake.release_slow()
+            for key in capped:
+                await until_status(client, key, "completed")
+    assert fake.slow_most_in_flight == 1
