@@ -2,7 +2,7 @@
 `take_due_delivery`.
 
 One dispatcher per process now takes as many due deliveries as it has free slots, in one
-transaction, instead of each worker taking one per transaction (README, "Operating it", async deliveries).
+transaction, instead of each worker taking one per transaction (README, "Operating it").
 The rules are those of `take_due_delivery` (migration 0002): SKIP LOCKED between takers, the
 per-target cap counted exactly under an advisory lock per target, and an execution whose
 worker died taken over once its lease ran out. Passing over a target at its cap no longer
