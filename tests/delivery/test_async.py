@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 
 import httpx
@@ -252,22 +254,32 @@ async def test_failed_executions_are_retried_in_bounded_batches_by_filter(
     assert_problem(bad, 400, "invalid-request")
 
 
-async def test_deliveries_to_one_workflow_are_bounded(make_client: ClientFactory) -> None:
+@asynccontextmanager
+async def capped_gateway(
+    make_client: ClientFactory, *, workers: int, cap: int
+) -> AsyncIterator[tuple[FakeN8n, httpx.AsyncClient]]:
+    """A gateway delivering to an n8n of its own (so its counters start at zero), with at most
+    `cap` deliveries in flight per workflow."""
     fake = FakeN8n()
-    run = uuid.uuid4().hex[:8]
-    keys = [f"bounded-{run}-{i}" for i in range(12)]
     with serve_in_thread(fake.app) as n8n_url:
         async with make_client(
             n8n_base_url=n8n_url,
-            delivery_workers=8,
-            delivery_max_per_workflow=2,
+            delivery_workers=workers,
+            delivery_max_per_workflow=cap,
             delivery_poll_seconds=0.05,
         ) as client:
-            for key in keys:
-                headers = {**ASYNC, "Idempotency-Key": key}
-                await client.post("/webhook/slow?delay=0.15", json={}, headers=headers)
-            for key in keys:
-                await until_status(client, key, "completed")
+            yield fake, client
+
+
+async def test_deliveries_to_one_workflow_are_bounded(make_client: ClientFactory) -> None:
+    run = uuid.uuid4().hex[:8]
+    keys = [f"bounded-{run}-{i}" for i in range(12)]
+    async with capped_gateway(make_client, workers=8, cap=2) as (fake, client):
+        for key in keys:
+            headers = {**ASYNC, "Idempotency-Key": key}
+            await client.post("/webhook/slow?delay=0.15", json={}, headers=headers)
+        for key in keys:
+            await until_status(client, key, "completed")
     assert fake.slow_most_in_flight == 2
     assert sorted(call.key for call in fake.calls if call.key in set(keys)) == sorted(keys)
 
@@ -275,26 +287,17 @@ async def test_deliveries_to_one_workflow_are_bounded(make_client: ClientFactory
 async def test_a_workflow_at_its_cap_does_not_hold_up_the_others(
     make_client: ClientFactory,
 ) -> None:
-    fake = FakeN8n()
     run = uuid.uuid4().hex[:8]
     capped = [f"capped-{run}-{i}" for i in range(4)]
     other = f"other-{run}"
-    with serve_in_thread(fake.app) as n8n_url:
-        async with make_client(
-            n8n_base_url=n8n_url,
-            delivery_workers=4,
-            delivery_max_per_workflow=1,
-            delivery_poll_seconds=0.05,
-        ) as client:
-            # Queued first, so the capped workflow's backlog is at the head of the queue.
-            for key in capped:
-                await client.post(
-                    "/webhook/slow", json={}, headers={**ASYNC, "Idempotency-Key": key}
-                )
-            await client.post("/webhook/echo", json={}, headers={**ASYNC, "Idempotency-Key": other})
-            await until_status(client, other, "completed")
-            assert fake.slow_in_flight == 1  # delivered while the capped one still holds its slot
-            fake.release_slow()
-            for key in capped:
-                await until_status(client, key, "completed")
+    async with capped_gateway(make_client, workers=4, cap=1) as (fake, client):
+        # Queued first, so the capped workflow's backlog is at the head of the queue.
+        for key in capped:
+            await client.post("/webhook/slow", json={}, headers={**ASYNC, "Idempotency-Key": key})
+        await client.post("/webhook/echo", json={}, headers={**ASYNC, "Idempotency-Key": other})
+        await until_status(client, other, "completed")
+        assert fake.slow_in_flight == 1  # delivered while the capped one still holds its slot
+        fake.release_slow()
+        for key in capped:
+            await until_status(client, key, "completed")
     assert fake.slow_most_in_flight == 1
