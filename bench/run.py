@@ -34,8 +34,13 @@ from datetime import datetime
 from pathlib import Path
 
 import aiohttp
+import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.http_load import Connection  # noqa: E402
+
 BODY = b'{"event":"charge.succeeded","amount":4200}'
 Headers = dict[str, str]
 HeadersFor = Callable[[int, int], Headers]
@@ -102,24 +107,25 @@ async def load(
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def worker(worker_id: int) -> None:
-            nonlocal errors
-            sequence = 0
+    async def worker(worker_id: int) -> None:
+        nonlocal errors
+        connection = Connection(url)
+        sequence = 0
+        try:
             while time.perf_counter() < stop_at:
                 headers = headers_for(worker_id, sequence)
                 sequence += 1
                 started = time.perf_counter()
-                async with session.post(url, data=BODY, headers=headers) as response:
-                    await response.read()
-                    errors += response.status != expected_status
+                status, _ = await connection.post(BODY, headers)
                 latencies.append((time.perf_counter() - started) * 1000)
+                errors += status != expected_status
+        finally:
+            connection.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - started
     return Result(name, concurrency, elapsed, latencies, errors)
 
 
@@ -279,7 +285,7 @@ def main() -> None:
         running(fake, env, f"http://127.0.0.1:{n8n_port}/webhook/ready"),
         running(gate, env, f"http://127.0.0.1:{gate_port}/readyz"),
     ):
-        results, delays = asyncio.run(run_phases(n8n_port, gate_port, api_key, args.seconds))
+        results, delays = uvloop.run(run_phases(n8n_port, gate_port, api_key, args.seconds))
     print_report(results, delays, args)
 
 
