@@ -17,6 +17,7 @@ from app.deps import Services
 from app.errors import install_handlers
 from app.executions.finished import FinishedExecutions
 from app.executions.retention import Reaper
+from app.executions.routes import TriggerEndpoints
 from app.executions.routes import router as executions_router
 from app.executions.service import ExecutionService
 from app.forwarding.client import N8nClient
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_handlers(app)
+    app.add_middleware(TriggerEndpoints)
     app.include_router(health_router)
     app.include_router(executions_router)
     return app

@@ -227,8 +227,19 @@ async def test_paths_with_several_segments_and_a_trailing_slash_are_forwarded(
 async def test_get_on_a_trigger_path_is_405(client: httpx.AsyncClient) -> None:
     response = await client.get("/webhook/echo", headers={"Idempotency-Key": new_key()})
     problem = assert_problem(response, 405, "method-not-allowed")
-    assert "POST" in response.headers["allow"]
+    assert response.headers["allow"] == "POST, PUT, PATCH, DELETE"
     assert problem["instance"] == "/webhook/echo"
+
+
+@pytest.mark.parametrize("raw_path", ["/webhook%2Fecho", "/webhook-test%2fecho"])
+async def test_an_encoded_slash_after_the_prefix_is_400_and_not_forwarded(
+    client: httpx.AsyncClient, n8n: FakeN8n, raw_path: str
+) -> None:
+    # Decoded, the path reads /webhook/echo; what n8n would get is the raw rest, "2Fecho".
+    key = new_key()
+    response = await client.post(raw_path, json={}, headers={"Idempotency-Key": key})
+    assert_problem(response, 400, "webhook-path-invalid")
+    assert n8n.calls_for(key) == []
 
 
 async def test_body_over_the_limit_is_413_and_not_forwarded(
