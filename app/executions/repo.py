@@ -38,8 +38,10 @@ LEFT JOIN LATERAL claim_execution(
 ) AS r ON true
 ORDER BY c.n
 """
+# An accept needs only whether it stored the trigger, and what holds the key: not the row
+# with the request it just sent, which would come back and be decoded for nothing.
 ACCEPT_MANY = """
-SELECT r.claimed, r.lease_expired, r.execution
+SELECT r.claimed, (r.execution).status, (r.execution).fingerprint
 FROM unnest(
     $1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[],
     $8::text[], $9::jsonb[], $10::bytea[]
@@ -76,7 +78,7 @@ CLAIM_ONE = (
     "SELECT claimed, lease_expired, execution FROM claim_execution($1, $2, $3, $4, $5, $6, $8, $7)"
 )
 ACCEPT_ONE = (
-    "SELECT claimed, lease_expired, execution "
+    "SELECT claimed, (execution).status, (execution).fingerprint "
     "FROM accept_execution($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 )
 RECORD_ONE = (
@@ -204,6 +206,16 @@ def _function_row(
 
 
 @dataclass(frozen=True)
+class Accepted:
+    """What an async trigger's accept found: its own new execution (`claimed`), or the status
+    and request fingerprint of the execution that holds the key."""
+
+    claimed: bool
+    status: str
+    fingerprint: bytes
+
+
+@dataclass(frozen=True)
 class Delivery:
     """An async execution a worker has taken, with the request it stored."""
 
@@ -271,8 +283,8 @@ async def claim_many(
 
 async def accept_many(
     conn: AnyConnection, calls: list[AcceptCall], *, notify: bool
-) -> list[ExecutionRow | None]:
-    """Store each async trigger, or return the row that holds its key; one transaction."""
+) -> list[Accepted | None]:
+    """Store each async trigger, or say what holds its key; one transaction for all."""
     ordered = _lock_order(calls, key=lambda c: (c.tenant_id, c.key))
     in_order = [calls[i] for i in ordered]
     columns = [
@@ -281,7 +293,8 @@ async def accept_many(
         [c.body for c in in_order],
     ]
     records = await _call(conn, ACCEPT_ONE, ACCEPT_MANY, columns, notify)
-    return _unordered([_function_row(r) for r in records], ordered)
+    accepted = [None if r is None or r["status"] is None else Accepted(**r) for r in records]
+    return _unordered(accepted, ordered)
 
 
 async def record_outcomes(conn: AnyConnection, calls: list[OutcomeCall]) -> list[bool]:

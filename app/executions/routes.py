@@ -17,7 +17,7 @@ from app.errors import (
     PayloadTooLarge,
     problem_response,
 )
-from app.executions.repo import ExecutionRow
+from app.executions.repo import Accepted
 from app.executions.schemas import (
     Execution,
     ExecutionPage,
@@ -160,10 +160,10 @@ async def _trigger(request: Request, *, mode: Mode) -> Response:
     applied = _applied_preferences(preferences, max_wait=services.settings.max_wait_seconds)
     try:
         if "respond-async" in applied:
-            row = await services.executions.accept(
+            accepted = await services.executions.accept(
                 tenant=tenant, request=trigger, client_host=client_host
             )
-            response = _accepted(row, key=key)
+            response = _accepted(accepted, key=key)
         else:
             wait = int(applied.get("wait", "0"))
             answer = await services.executions.trigger(
@@ -201,13 +201,13 @@ def _preference_applied(applied: dict[str, str]) -> str:
     return ", ".join(f"{token}={value}" if value else token for token, value in applied.items())
 
 
-def _accepted(row: ExecutionRow, *, key: str) -> Response:
+def _accepted(accepted: Accepted, *, key: str) -> Response:
     location = location_for(key)
     response = JSONResponse(
-        {"key": key, "status": row.status, "location": location}, status_code=202
+        {"key": key, "status": accepted.status, "location": location}, status_code=202
     )
     response.headers["Location"] = location
-    if not row.claimed:
+    if not accepted.claimed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
 

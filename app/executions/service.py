@@ -101,7 +101,7 @@ class ExecutionService:
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     _completed: CompletedExecutions = field(init=False)
     _claims: Batcher[repo.ClaimCall, repo.ExecutionRow | None] = field(init=False)
-    _accepts: Batcher[repo.AcceptCall, repo.ExecutionRow | None] = field(init=False)
+    _accepts: Batcher[repo.AcceptCall, repo.Accepted | None] = field(init=False)
     _outcomes: Batcher[repo.OutcomeCall, bool] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -141,7 +141,7 @@ class ExecutionService:
         async with db.connection(self.pool) as conn:
             return await repo.claim_many(conn, calls, lease_seconds=self.settings.lease_seconds)
 
-    async def _accept_batch(self, calls: list[repo.AcceptCall]) -> list[repo.ExecutionRow | None]:
+    async def _accept_batch(self, calls: list[repo.AcceptCall]) -> list[repo.Accepted | None]:
         # The accepting process wakes its own workers; others are told only when it has none.
         notify = self.settings.delivery_workers == 0
         async with db.connection(self.pool) as conn:
@@ -345,10 +345,10 @@ class ExecutionService:
 
     async def accept(
         self, *, tenant: Tenant, request: TriggerRequest, client_host: str | None
-    ) -> repo.ExecutionRow:
-        """Store an async trigger for the delivery workers (Prefer: respond-async); or return
-        the execution that already holds the key. Raises 422 for another request's key."""
-        row = await self._accepts.submit(
+    ) -> repo.Accepted:
+        """Store an async trigger for the delivery workers (Prefer: respond-async); or say what
+        holds the key already. Raises 422 for another request's key."""
+        accepted = await self._accepts.submit(
             repo.AcceptCall(
                 tenant_id=tenant.id,
                 key=request.key,
@@ -362,16 +362,16 @@ class ExecutionService:
                 body=request.body,
             )
         )
-        if row is None:
+        if accepted is None:
             raise ExecutionInFlight(
                 "The key changed hands just now. Retry shortly.",
                 headers=self._retry_headers(request.key),
             )
-        if row.fingerprint != request.fingerprint:
+        if accepted.fingerprint != request.fingerprint:
             raise _key_reused()
-        if row.claimed and self.finished.on_delivery_due is not None:
+        if accepted.claimed and self.finished.on_delivery_due is not None:
             self.finished.on_delivery_due()  # this process's workers pick it up at once
-        return row
+        return accepted
 
     async def deliver(self, delivery: repo.Delivery) -> None:
         """Forward an async execution a worker took, and record it: done, or due again later."""

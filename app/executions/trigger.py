@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
@@ -31,7 +32,7 @@ class TriggerRequest:
     headers: list[tuple[str, str]]
     body: bytes
 
-    @property
+    @cached_property
     def fingerprint(self) -> bytes:
         """Same method, path, query (in any parameter order) and body ⇔ same fingerprint."""
         digest = hashlib.sha256()
