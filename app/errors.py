@@ -1,4 +1,5 @@
-"""Problem types (RFC 9457). Services raise these; only `install_handlers` turns them into HTTP.
+"""Problem types (RFC 9457). Services raise these; only the edge turns them into HTTP, with
+`problem_response`: the app's handlers (`install_handlers`) and the trigger endpoints.
 
 GateError                       every error a client may see
 ├── MissingIdempotencyKey       400

@@ -17,7 +17,7 @@ from app.deps import Services
 from app.errors import install_handlers
 from app.executions.finished import FinishedExecutions
 from app.executions.retention import Reaper
-from app.executions.routes import TriggerEndpoints
+from app.executions.routes import TriggerEndpoints, document_triggers
 from app.executions.routes import router as executions_router
 from app.executions.service import ExecutionService
 from app.forwarding.client import N8nClient
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_handlers(app)
     app.add_middleware(TriggerEndpoints)
+    document_triggers(app)
     app.include_router(health_router)
     app.include_router(executions_router)
     return app

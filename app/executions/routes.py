@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -125,6 +125,54 @@ class TriggerEndpoints:
         except GateError as exc:
             response = problem_response(exc, instance=request.url.path)
         await response(scope, receive, send)
+
+
+def document_triggers(app: FastAPI) -> None:
+    """Adds the trigger paths, which FastAPI does not route, to the app's OpenAPI schema."""
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = default_openapi()  # built once, then cached by FastAPI
+        for mode in ("webhook", "webhook-test"):
+            operation = _trigger_operation(mode)
+            methods = [method.lower() for method in TRIGGER_METHODS]
+            schema["paths"][f"/{mode}/{{path}}"] = dict.fromkeys(methods, operation)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _trigger_operation(mode: Mode) -> dict[str, Any]:
+    def header(name: str, required: bool, description: str) -> dict[str, Any]:
+        schema = {"type": "string"}
+        return {
+            "name": name,
+            "in": "header",
+            "required": required,
+            "schema": schema,
+            "description": description,
+        }
+
+    return {
+        "tags": ["triggers"],
+        "summary": f"Run n8n's {mode} <path> once per Idempotency-Key",
+        "description": (
+            f"Forwarded to n8n's /{mode}/<path> with its method, query, headers and body; "
+            "a retry with the same key gets the recorded answer (Idempotent-Replayed: true)."
+        ),
+        "parameters": [
+            {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
+            header("Idempotency-Key", True, "1-255 printable ASCII characters."),
+            header("Prefer", False, "respond-async (202, delivered by the gateway) or wait=<s>."),
+        ],
+        "requestBody": {"content": {"*/*": {}}},
+        "responses": {
+            "200": {"description": "n8n's answer, or its replay (any status n8n gave)."},
+            "202": {"description": "Stored; the gateway delivers it (Prefer: respond-async)."},
+            "4XX": {"description": "A problem+json: missing or reused key, in flight, ..."},
+            "5XX": {"description": "A problem+json: n8n unreachable (502), timed out (504)."},
+        },
+    }
 
 
 def _trigger_mode(path: str) -> Mode | None:

@@ -271,3 +271,13 @@ async def test_a_key_reused_after_its_replay_was_cached_is_still_422(
     reused = await client.post("/webhook/echo", json={"a": 2}, headers=headers)
     assert_problem(reused, 422, "idempotency-key-reused")
     assert len(n8n.calls_for(key)) == 1
+
+
+async def test_the_openapi_schema_documents_the_trigger_paths(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    for mode in ("webhook", "webhook-test"):
+        operations = paths[f"/{mode}/{{path}}"]
+        assert sorted(operations) == ["delete", "patch", "post", "put"]
+        headers = {p["name"] for p in operations["post"]["parameters"] if p["in"] == "header"}
+        assert headers == {"Idempotency-Key", "Prefer"}
+    assert "/v1/executions/{key}" in paths
