@@ -1,23 +1,21 @@
 """The one client that talks to n8n.
 
-It uses aiohttp directly rather than httpx: under 32 concurrent forwards httpx's pool was the
-bottleneck (see README, Benchmark), and the httpx-aiohttp bridge maps a refused connection and a
-connection reset after sending to the same `ConnectTimeout`, which would blur "n8n never got it"
-with "n8n may have run it".
+It speaks HTTP/1.1 through `app.forwarding.http1` rather than httpx: under 32 concurrent
+forwards httpx's pool was the bottleneck, and aiohttp's client cost about 0.4 ms more per
+forward at one connection (README, Benchmark). Whichever library, what matters is the line
+between "n8n never got it" and "n8n may have run it", which every failure below keeps.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
-
-import aiohttp
-from yarl import URL
+from urllib.parse import urlsplit
 
 from app.errors import N8nTimeout, N8nUnreachable
 from app.executions.trigger import TriggerRequest
 from app.forwarding.headers import NOT_REPLAYED, end_to_end, to_forward
+from app.forwarding.http1 import NoAnswer, NotSent, Origin
 
 # Node's HTTP server (n8n) closes idle keep-alive connections after 5 s; reusing one it is
 # closing fails the request, so the gateway drops idle connections first.
@@ -62,81 +60,85 @@ class N8nClient:
         max_connections: int,
     ) -> None:
         self._base_url = base_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        self._base_path = urlsplit(self._base_url).path
         self._connect_timeout = connect_timeout
+        self._timeout = timeout
         self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._origin: Origin | None = None
 
     async def __aenter__(self) -> N8nClient:
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections, keepalive_timeout=KEEPALIVE_SECONDS
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
+        self._origin = Origin(
+            self._base_url,
+            max_connections=self._max_connections,
+            idle_seconds=KEEPALIVE_SECONDS,
         )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._origin is not None:
+            await self._origin.close()
 
-    def url_for(self, request: TriggerRequest) -> URL:
+    def target_for(self, request: TriggerRequest) -> str:
+        """The request target on n8n: the same mode, path and query, under N8N_BASE_URL."""
         query = f"?{request.query}" if request.query else ""
-        return URL(f"{self._base_url}/{request.mode}/{request.raw_path}{query}", encoded=True)
+        return f"{self._base_path}/{request.mode}/{request.raw_path}{query}"
 
     async def forward(self, request: TriggerRequest, *, client_host: str | None) -> N8nResponse:
-        assert self._session is not None, "N8nClient used outside its context"
-        headers = to_forward(request.headers, client_host=client_host)
+        assert self._origin is not None, "N8nClient used outside its context"
         try:
-            async with self._session.request(
+            response = await self._origin.request(
                 request.method,
-                self.url_for(request),
-                headers=headers,
-                data=request.body or None,
-                allow_redirects=False,
-            ) as response:
-                body = await response.read()
-                return N8nResponse(
-                    status=response.status,
-                    content_type=response.headers.get("Content-Type"),
-                    headers=end_to_end(response.headers.items(), drop=NOT_REPLAYED),
-                    body=body,
-                )
-        except aiohttp.ClientConnectorDNSError as exc:
-            raise N8nUnreachable(
-                f"Could not resolve n8n's host in {self._base_url}: {exc.os_error or exc}. "
+                self.target_for(request),
+                to_forward(request.headers, client_host=client_host),
+                request.body,
+                connect_timeout=self._connect_timeout,
+                total_timeout=self._timeout,
+            )
+        except NotSent as exc:
+            raise self._not_sent(exc) from exc
+        except NoAnswer as exc:
+            raise self._no_answer(exc) from exc
+        return N8nResponse(
+            status=response.status,
+            content_type=next(
+                (v for k, v in response.headers if k.lower() == "content-type"), None
+            ),
+            headers=end_to_end(response.headers, drop=NOT_REPLAYED),
+            body=response.body,
+        )
+
+    def _not_sent(self, exc: NotSent) -> N8nUnreachable | N8nTimeout:
+        if exc.dns:
+            return N8nUnreachable(
+                f"Could not resolve n8n's host in {self._base_url}: {exc}. "
                 "Check N8N_BASE_URL, then retry with the same key.",
                 cause="n8n-dns-failure",
                 maybe_ran=False,
-            ) from exc
-        except aiohttp.ClientConnectorError as exc:  # refused, unreachable: n8n never got it
-            raise N8nUnreachable(
-                f"Could not connect to n8n at {self._base_url}: {exc.os_error or exc}. "
-                "Check N8N_BASE_URL and that n8n is running, then retry with the same key.",
-                cause="n8n-connection-refused",
-                maybe_ran=False,
-            ) from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise N8nTimeout(
-                f"Could not connect to n8n within {self._connect_timeout:g} s; nothing was "
-                "sent. Retry with the same key.",
+            )
+        if exc.timed_out:
+            return N8nTimeout(
+                f"Could not reach n8n in time ({exc}); nothing was sent. Retry with the same key.",
                 cause="n8n-connect-timeout",
                 maybe_ran=False,
-            ) from exc
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise N8nTimeout(
-                f"n8n did not answer within {self._timeout.total:g} s; the workflow may still "
+            )
+        return N8nUnreachable(
+            f"Could not connect to n8n at {self._base_url}: {exc}. "
+            "Check N8N_BASE_URL and that n8n is running, then retry with the same key.",
+            cause="n8n-connection-refused",
+            maybe_ran=False,
+        )
+
+    def _no_answer(self, exc: NoAnswer) -> N8nUnreachable | N8nTimeout:
+        if exc.timed_out:
+            return N8nTimeout(
+                f"n8n did not answer within {self._timeout:g} s; the workflow may still "
                 "be running. Ask the Location for the execution's status before retrying.",
                 cause="n8n-read-timeout",
                 maybe_ran=True,
-            ) from exc
-        except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
-            raise N8nUnreachable(
-                f"n8n closed the connection without a complete answer ({type(exc).__name__}); "
-                "the workflow may have run. Ask the Location for the execution's status.",
-                cause="n8n-connection-lost",
-                maybe_ran=True,
-            ) from exc
+            )
+        return N8nUnreachable(
+            f"n8n did not send a complete answer ({exc}); the workflow may have run. "
+            "Ask the Location for the execution's status.",
+            cause="n8n-connection-lost",
+            maybe_ran=True,
+        )

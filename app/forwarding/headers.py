@@ -18,10 +18,18 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Set by the gateway itself, or meaningful only between the client and the gateway.
-NOT_FORWARDED = HOP_BY_HOP | {"host", "authorization", "content-length", "accept-encoding"}
-# Regenerated on every answer the gateway sends, so never recorded or replayed.
-NOT_REPLAYED = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
+# Set by the gateway itself, or meaningful only between the client and the gateway (which
+# has the whole body before it forwards, so an Expect: 100-continue was met already).
+NOT_FORWARDED = HOP_BY_HOP | {
+    "host",
+    "authorization",
+    "content-length",
+    "accept-encoding",
+    "expect",
+}
+# Regenerated on every answer the gateway sends, so never recorded or replayed. (The client
+# decodes gzip and deflate bodies and drops their Content-Encoding; any other stays with its body.)
+NOT_REPLAYED = HOP_BY_HOP | {"content-length", "date", "server"}
 
 
 def end_to_end(
