@@ -28,9 +28,14 @@ _COLUMNS = """
 # transaction. Claims, accepts and outcomes come in batches (app/batching.py): one statement
 # calls the function once per element of its array arguments, in order, in one transaction.
 # A claim or accept returns (claimed, lease_expired, execution row), NULLs when the key's row
-# vanished between the function's two statements.
-CLAIM_MANY = """
-SELECT r.claimed, r.lease_expired, r.execution
+# vanished between the function's two statements. A claim that took the key needs only the
+# attempt it took: the row comes back (and is decoded) only to decide about a taken key.
+_CLAIM_RESULT = """
+    CASE WHEN r.claimed THEN NULL ELSE r.execution END AS execution,
+    (r.execution).id, (r.execution).attempts
+"""
+CLAIM_MANY = f"""
+SELECT r.claimed, r.lease_expired, {_CLAIM_RESULT}
 FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::uuid[])
     WITH ORDINALITY AS c(tenant_id, key, fingerprint, method, mode, workflow_path, owner, n)
 LEFT JOIN LATERAL claim_execution(
@@ -75,7 +80,8 @@ ORDER BY o.n
 # the same parameter numbers: about 0.1 ms quicker than the batch statement with one element,
 # twice per new key at low load.
 CLAIM_ONE = (
-    "SELECT claimed, lease_expired, execution FROM claim_execution($1, $2, $3, $4, $5, $6, $8, $7)"
+    f"SELECT r.claimed, r.lease_expired, {_CLAIM_RESULT} "
+    "FROM claim_execution($1, $2, $3, $4, $5, $6, $8, $7) AS r"
 )
 ACCEPT_ONE = (
     "SELECT claimed, (execution).status, (execution).fingerprint "
@@ -85,7 +91,7 @@ RECORD_ONE = (
     "SELECT record_execution_outcome("
     "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) AS recorded"
 )
-RETAKE = "SELECT claimed, lease_expired, execution FROM retake_execution($1, $2, $3, $4)"
+RETAKE = "SELECT (execution).id, (execution).attempts FROM retake_execution($1, $2, $3, $4)"
 MARK_WAITED = "SELECT mark_execution_waited($1, $2)"
 TAKE_DUE = "SELECT tenant_id, execution FROM take_due_deliveries($1, $2, $3, $4)"
 REQUEUE_FAILED = (
@@ -104,12 +110,12 @@ ORDER BY attempt
 """
 
 FIND_BY_KEY = f"""
-SELECT false AS claimed, {_COLUMNS}
+SELECT {_COLUMNS}
 FROM executions WHERE tenant_id = $1 AND idempotency_key = $2
 """
 
 LIST_RECENT = f"""
-SELECT false AS claimed, {_COLUMNS}
+SELECT {_COLUMNS}
 FROM executions
 WHERE tenant_id = $1
   AND ($2::text IS NULL OR status = $2)
@@ -122,7 +128,6 @@ LIMIT $5
 
 @dataclass(frozen=True)
 class ExecutionRow:
-    claimed: bool
     id: int
     idempotency_key: str
     fingerprint: bytes
@@ -192,17 +197,34 @@ _NOT_IN_ROW = frozenset(
 )
 
 
-def _function_row(
-    record: asyncpg.Record | None, *, claimed: bool | None = None
-) -> ExecutionRow | None:
+def _function_row(record: asyncpg.Record | None) -> ExecutionRow | None:
     if record is None or record["execution"] is None:
         return None
     columns = {k: v for k, v in record["execution"].items() if k not in _NOT_IN_ROW}
-    return ExecutionRow(
-        claimed=record["claimed"] if claimed is None else claimed,
-        lease_expired=record.get("lease_expired", False),
-        **columns,
-    )
+    return ExecutionRow(lease_expired=record.get("lease_expired", False), **columns)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """An attempt this process took (claim, retake, delivery) and now runs. Its statements
+    name the attempt's number, so once another process took the execution over they match
+    nothing."""
+
+    execution_id: int
+    number: int
+
+
+def _attempt(record: asyncpg.Record | None) -> Attempt | None:
+    if record is None or record["id"] is None:
+        return None
+    return Attempt(execution_id=record["id"], number=record["attempts"])
+
+
+def _claim(record: asyncpg.Record | None) -> Attempt | ExecutionRow | None:
+    """The attempt a claim took, or the row of the execution that holds the key."""
+    if record is not None and record["claimed"]:
+        return _attempt(record)
+    return _function_row(record)
 
 
 @dataclass(frozen=True)
@@ -273,12 +295,12 @@ class OutcomeCall:
 
 async def claim_many(
     conn: AnyConnection, calls: list[ClaimCall], *, lease_seconds: float
-) -> list[ExecutionRow | None]:
+) -> list[Attempt | ExecutionRow | None]:
     """Claim each key, or return the row that holds it; one transaction for all."""
     ordered = _lock_order(calls, key=lambda c: (c.tenant_id, c.key))
     columns = _columns([calls[i] for i in ordered], *_KEY_FIELDS, "owner")
     records = await _call(conn, CLAIM_ONE, CLAIM_MANY, columns, lease_seconds)
-    return _unordered([_function_row(r) for r in records], ordered)
+    return _unordered([_claim(r) for r in records], ordered)
 
 
 async def accept_many(
@@ -363,7 +385,7 @@ async def take_due(
 
 def _delivery(record: asyncpg.Record) -> Delivery:
     execution = record["execution"]
-    row = _function_row(record, claimed=True)
+    row = _function_row(record)
     assert row is not None
     return Delivery(
         tenant_id=record["tenant_id"],
@@ -395,8 +417,8 @@ async def find_by_key(conn: AnyConnection, *, tenant_id: UUID, key: str) -> Exec
 
 async def retake(
     conn: AnyConnection, *, tenant_id: UUID, key: str, lease_seconds: float, owner: UUID
-) -> ExecutionRow | None:
-    return _function_row(await conn.fetchrow(RETAKE, tenant_id, key, lease_seconds, owner))
+) -> Attempt | None:
+    return _attempt(await conn.fetchrow(RETAKE, tenant_id, key, lease_seconds, owner))
 
 
 async def release_unforwarded(

@@ -45,10 +45,10 @@ from app.errors import (
 from app.executions import repo
 from app.executions.cache import CompletedExecutions
 from app.executions.finished import FinishedExecutions
+from app.executions.lease import LeaseKeeper
 from app.executions.trigger import TriggerRequest, location_for
 from app.forwarding.client import N8nClient, N8nResponse
 from app.forwarding.headers import to_forward
-from app.tasks import cancel_and_wait
 from app.tenants.service import Tenant
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class ExecutionService:
     _in_flight: set[asyncio.Task[GatewayAnswer]] = field(default_factory=set)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     _completed: CompletedExecutions = field(init=False)
-    _claims: Batcher[repo.ClaimCall, repo.ExecutionRow | None] = field(init=False)
+    _claims: Batcher[repo.ClaimCall, repo.Attempt | repo.ExecutionRow | None] = field(init=False)
     _accepts: Batcher[repo.AcceptCall, repo.Accepted | None] = field(init=False)
     _outcomes: Batcher[repo.OutcomeCall, bool] = field(init=False)
 
@@ -137,7 +137,9 @@ class ExecutionService:
             shared_failure=lambda exc: isinstance(exc, DatabaseUnavailable),
         )
 
-    async def _claim_batch(self, calls: list[repo.ClaimCall]) -> list[repo.ExecutionRow | None]:
+    async def _claim_batch(
+        self, calls: list[repo.ClaimCall]
+    ) -> list[repo.Attempt | repo.ExecutionRow | None]:
         async with db.connection(self.pool) as conn:
             return await repo.claim_many(conn, calls, lease_seconds=self.settings.lease_seconds)
 
@@ -164,13 +166,17 @@ class ExecutionService:
         cached = self._completed.get(tenant.id, request.key)
         if cached is not None and self._should_replay(cached, request):
             return replay_answer(cached)
-        row = await self._decide_waiting(tenant=tenant, request=request, wait_seconds=wait_seconds)
-        if not row.claimed:
-            self._completed.put(tenant.id, row)
-            return replay_answer(row)
+        decided = await self._decide_waiting(
+            tenant=tenant, request=request, wait_seconds=wait_seconds
+        )
+        if isinstance(decided, repo.ExecutionRow):  # completed: replay it
+            self._completed.put(tenant.id, decided)
+            return replay_answer(decided)
         # Once claimed, the forward and its record must finish even if the client goes away.
         task = asyncio.create_task(
-            self._run(tenant_id=tenant.id, request=request, row=row, client_host=client_host)
+            self._run(
+                tenant_id=tenant.id, request=request, attempt=decided, client_host=client_host
+            )
         )
         self._in_flight.add(task)
         task.add_done_callback(self._forget)
@@ -248,7 +254,7 @@ class ExecutionService:
 
     async def _decide_waiting(
         self, *, tenant: Tenant, request: TriggerRequest, wait_seconds: int
-    ) -> repo.ExecutionRow:
+    ) -> repo.Attempt | repo.ExecutionRow:
         try:
             return await self._claim_or_decide(tenant=tenant, request=request)
         except InFlightWithId as first:
@@ -274,14 +280,14 @@ class ExecutionService:
 
     async def _claim_or_decide(
         self, *, tenant: Tenant, request: TriggerRequest
-    ) -> repo.ExecutionRow:
-        """Claim the key (a claimed row), or return the completed row to replay, or raise."""
+    ) -> repo.Attempt | repo.ExecutionRow:
+        """Claim the key (the attempt taken), or return the completed row to replay, or raise."""
         for _ in range(MAX_DECISION_ROUNDS):
             # A fresh owner per claim: if the connection drops mid-claim, the claim may have
             # committed unseen, and this token lets it be released once the database is back.
             owner = uuid.uuid4()
             async with self._releasing_on_outage(tenant, request.key, owner):
-                row = await self._claims.submit(
+                claimed = await self._claims.submit(
                     repo.ClaimCall(
                         tenant_id=tenant.id,
                         key=request.key,
@@ -292,10 +298,10 @@ class ExecutionService:
                         owner=owner,
                     )
                 )
-                if row is None:  # deleted between the function's two statements; claim again
+                if claimed is None:  # deleted between the function's two statements; claim again
                     continue
-                if row.claimed or self._should_replay(row, request):
-                    return row
+                if isinstance(claimed, repo.Attempt) or self._should_replay(claimed, request):
+                    return claimed
                 async with db.connection(self.pool) as conn:
                     retaken = await repo.retake(
                         conn,
@@ -376,6 +382,7 @@ class ExecutionService:
     async def deliver(self, delivery: repo.Delivery) -> None:
         """Forward an async execution a worker took, and record it: done, or due again later."""
         row = delivery.row
+        attempt = repo.Attempt(execution_id=row.id, number=row.attempts)
         request = TriggerRequest(
             key=row.idempotency_key,
             method=row.method,
@@ -390,7 +397,7 @@ class ExecutionService:
             await self._run(
                 tenant_id=delivery.tenant_id,
                 request=request,
-                row=row,
+                attempt=attempt,
                 client_host=None,
                 retry=True,
             )
@@ -400,28 +407,27 @@ class ExecutionService:
         *,
         tenant_id: UUID,
         request: TriggerRequest,
-        row: repo.ExecutionRow,
+        attempt: repo.Attempt,
         client_host: str | None,
         retry: bool = False,
     ) -> GatewayAnswer:
         """Forward while renewing the lease, then record. With `retry` (async deliveries) a
         retryable failure is scheduled again with backoff instead of ending the execution."""
-        renewal = asyncio.create_task(self._renew_lease(tenant_id, row))
+        lease = LeaseKeeper(
+            lambda: self._renew_lease(tenant_id, attempt),
+            interval_seconds=self.settings.lease_renew_seconds,
+        )
         try:
-            response = await self.n8n.forward(request, client_host=client_host)
+            async with lease:
+                response = await self.n8n.forward(request, client_host=client_host)
         except ForwardFailed as exc:
-            await cancel_and_wait(renewal)
             outcome = _failure(exc)
-            retry_at = self._retry_at(row, outcome, None) if retry else None
-            await self._record(tenant_id, row, outcome, retry_at=retry_at)
+            retry_at = self._retry_at(attempt, outcome, None) if retry else None
+            await self._record(tenant_id, attempt, outcome, retry_at=retry_at)
             raise
-        except BaseException:
-            await cancel_and_wait(renewal)
-            raise
-        await cancel_and_wait(renewal)
         outcome = self._outcome(response, rate_limit_retryable=retry)
-        retry_at = self._retry_at(row, outcome, response) if retry else None
-        await self._record(tenant_id, row, outcome, retry_at=retry_at)
+        retry_at = self._retry_at(attempt, outcome, response) if retry else None
+        await self._record(tenant_id, attempt, outcome, retry_at=retry_at)
         return GatewayAnswer(
             status=response.status,
             content_type=response.content_type,
@@ -431,36 +437,35 @@ class ExecutionService:
         )
 
     def _retry_at(
-        self, row: repo.ExecutionRow, outcome: repo.Outcome, response: N8nResponse | None
+        self, attempt: repo.Attempt, outcome: repo.Outcome, response: N8nResponse | None
     ) -> datetime | None:
         """When to deliver again, or None when this outcome is final."""
-        if outcome.status != "failed" or self.backoff.exhausted(row.attempts):
+        if outcome.status != "failed" or self.backoff.exhausted(attempt.number):
             return None
         if outcome.outcome_unknown and self.settings.unknown_outcome == "refuse":
             return None
         retry_after = parse_retry_after(response.header("retry-after") if response else None)
-        delay = self.backoff.delay(row.attempts, retry_after=retry_after)
+        delay = self.backoff.delay(attempt.number, retry_after=retry_after)
         return datetime.now(UTC) + timedelta(seconds=delay)
 
-    async def _renew_lease(self, tenant_id: UUID, row: repo.ExecutionRow) -> None:
-        """Keep the attempt's lease alive while its forward is in flight."""
-        while True:
-            await asyncio.sleep(self.settings.lease_renew_seconds)
-            try:
-                async with db.connection(self.pool) as conn:
-                    held = await repo.renew_lease(
-                        conn,
-                        tenant_id=tenant_id,
-                        execution_id=row.id,
-                        attempt=row.attempts,
-                        lease_seconds=self.settings.lease_seconds,
-                    )
-            except GateError:
-                logger.warning("could not renew the lease of execution %s; will retry", row.id)
-                continue
-            if not held:
-                logger.warning("execution %s attempt %s lost its lease", row.id, row.attempts)
-                return
+    async def _renew_lease(self, tenant_id: UUID, attempt: repo.Attempt) -> bool:
+        """Renew the attempt's lease once; False when the attempt no longer holds it."""
+        execution_id = attempt.execution_id
+        try:
+            async with db.connection(self.pool) as conn:
+                held = await repo.renew_lease(
+                    conn,
+                    tenant_id=tenant_id,
+                    execution_id=execution_id,
+                    attempt=attempt.number,
+                    lease_seconds=self.settings.lease_seconds,
+                )
+        except GateError:
+            logger.warning("could not renew the lease of execution %s; will retry", execution_id)
+            return True
+        if not held:
+            logger.warning("execution %s attempt %s lost its lease", execution_id, attempt.number)
+        return held
 
     def _outcome(self, response: N8nResponse, *, rate_limit_retryable: bool) -> repo.Outcome:
         rate_limited = rate_limit_retryable and response.status == 429
@@ -479,7 +484,7 @@ class ExecutionService:
     async def _record(
         self,
         tenant_id: UUID,
-        row: repo.ExecutionRow,
+        attempt: repo.Attempt,
         outcome: repo.Outcome,
         *,
         retry_at: datetime | None = None,
@@ -488,13 +493,14 @@ class ExecutionService:
         caller gets n8n's answer now and the execution is not left running."""
 
         async def record() -> None:
-            await self._record_once(tenant_id, row, outcome, retry_at=retry_at)
+            await self._record_once(tenant_id, attempt, outcome, retry_at=retry_at)
 
         try:
             await record()
         except DatabaseUnavailable:
-            logger.warning("database unavailable; will keep recording execution %s", row.id)
-            self._retry_in_background(record, what=f"record execution {row.id}")
+            execution_id = attempt.execution_id
+            logger.warning("database unavailable; will keep recording execution %s", execution_id)
+            self._retry_in_background(record, what=f"record execution {execution_id}")
 
     @asynccontextmanager
     async def _releasing_on_outage(
@@ -545,7 +551,7 @@ class ExecutionService:
     async def _record_once(
         self,
         tenant_id: UUID,
-        row: repo.ExecutionRow,
+        attempt: repo.Attempt,
         outcome: repo.Outcome,
         *,
         retry_at: datetime | None,
@@ -553,15 +559,17 @@ class ExecutionService:
         recorded = await self._outcomes.submit(
             repo.OutcomeCall(
                 tenant_id=tenant_id,
-                execution_id=row.id,
-                attempt=row.attempts,
+                execution_id=attempt.execution_id,
+                attempt=attempt.number,
                 outcome=outcome,
                 keep_seconds=self._retention(outcome.status),
                 retry_at=retry_at,
             )
         )
         if not recorded:  # recorded already (an earlier try committed unseen) or taken over
-            logger.info("execution %s attempt %s no longer running", row.id, row.attempts)
+            logger.info(
+                "execution %s attempt %s no longer running", attempt.execution_id, attempt.number
+            )
 
 
 def replay_answer(row: repo.ExecutionRow) -> GatewayAnswer:

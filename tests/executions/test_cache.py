@@ -14,7 +14,6 @@ from app.executions.repo import ExecutionRow
 def completed_row(key: str, *, expires_in: timedelta = timedelta(hours=1)) -> ExecutionRow:
     now = datetime.now(UTC)
     return ExecutionRow(
-        claimed=False,
         id=1,
         idempotency_key=key,
         fingerprint=b"\x01" * 32,
