@@ -164,26 +164,27 @@ async def test_chunked_answer_is_reassembled(
     assert server.connections == 1
 
 
-async def test_answer_ended_by_close_is_whole_and_its_connection_not_reused(
-    serve: RawServerFactory, origins: OriginFactory
+@pytest.mark.parametrize(
+    ("first", "status", "body"),
+    [
+        # no length: the close ends the body
+        (
+            Answer(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it", close=True),
+            200,
+            b"all of it",
+        ),
+        # the server says it closes; this side must not wait for it
+        (Answer(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"), 204, b""),
+    ],
+)
+async def test_a_closing_answer_is_whole_and_its_connection_not_reused(
+    serve: RawServerFactory, origins: OriginFactory, first: Answer, status: int, body: bytes
 ) -> None:
-    server = await serve(
-        Answer(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it", close=True), Answer(OK)
-    )
+    server = await serve(first, Answer(OK))
     origin = origins(server.url)
-    assert (await post(origin)).body == b"all of it"
+    answer = await post(origin)
+    assert (answer.status, answer.body) == (status, body)
     assert (await post(origin)).body == b'{"ok":true}'
-    assert server.connections == 2
-
-
-async def test_connection_close_header_is_honoured(
-    serve: RawServerFactory, origins: OriginFactory
-) -> None:
-    closing = b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
-    server = await serve(Answer(closing), Answer(OK))
-    origin = origins(server.url)
-    assert (await post(origin)).status == 204
-    assert (await post(origin)).status == 200
     assert server.connections == 2
 
 
