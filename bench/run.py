@@ -72,9 +72,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(args: list[str], env: dict[str, str], ready_url: str) -> Iterator[None]:
+def running(
+    args: list[str], env: dict[str, str], ready_url: str, cwd: Path = ROOT
+) -> Iterator[None]:
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_ready(ready_url, proc)
             yield
