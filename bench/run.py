@@ -89,7 +89,8 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}")
+            command = proc.args if isinstance(proc.args, list) else [proc.args]
+            raise SystemExit(f"{' '.join(map(str, command))} exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback only
                 return
