@@ -109,6 +109,19 @@ def database() -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def require_same_migrations(base_root: Path) -> None:
+    """Both builds serve from one database, so they must agree on its schema."""
+
+    def revisions(root: Path) -> list[str]:
+        return sorted(path.name for path in (root / "alembic" / "versions").glob("*.py"))
+
+    if revisions(base_root) != revisions(ROOT):
+        raise SystemExit(
+            "the base revision and the working tree have different migrations; "
+            "compare builds that share their schema"
+        )
+
+
 def gateway_env(root: Path, base_env: dict[str, str]) -> dict[str, str]:
     """The environment in which `python -m app` imports the `app` package under `root`."""
     return {**base_env, "PYTHONPATH": str(root)}
@@ -185,6 +198,7 @@ def main() -> None:
     args = parser.parse_args()
     with ExitStack() as stack:
         base_root = stack.enter_context(worktree(args.base))
+        require_same_migrations(base_root)
         url = stack.enter_context(database())
         n8n_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATE_")}
