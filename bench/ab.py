@@ -40,7 +40,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.http_load import Connection  # noqa: E402
-from bench.run import BODY, free_port, running  # noqa: E402
+from bench.run import (  # noqa: E402
+    BODY,
+    CLI,
+    fake_n8n,
+    free_port,
+    migrate_and_create_key,
+    percentile,
+    running,
+)
 
 Headers = dict[str, str]
 KINDS = ("new-key", "replay", "async")
@@ -59,20 +67,15 @@ class Round:
     base_ms: list[float]
     change_ms: list[float]
 
-    @staticmethod
-    def p(latencies: list[float], q: float) -> float:
-        ordered = sorted(latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
     @property
     def difference_ms(self) -> float:
-        return statistics.median(self.change_ms) - statistics.median(self.base_ms)
+        return percentile(self.change_ms, 0.5) - percentile(self.base_ms, 0.5)
 
     def describe(self) -> str:
-        base, change = statistics.median(self.base_ms), statistics.median(self.change_ms)
+        base, change = percentile(self.base_ms, 0.5), percentile(self.change_ms, 0.5)
         return (
-            f"base p50 {base:.3f} p90 {self.p(self.base_ms, 0.9):.3f} ms | "
-            f"change p50 {change:.3f} p90 {self.p(self.change_ms, 0.9):.3f} ms | "
+            f"base p50 {base:.3f} p90 {percentile(self.base_ms, 0.9):.3f} ms | "
+            f"change p50 {change:.3f} p90 {percentile(self.change_ms, 0.9):.3f} ms | "
             f"change - base {self.difference_ms:+.3f} ms ({self.difference_ms / base:+.1%})"
         )
 
@@ -205,25 +208,13 @@ def main() -> None:
         env.update(
             DATABASE_URL=url, N8N_BASE_URL=f"http://127.0.0.1:{n8n_port}", GATE_ACCESS_LOG="false"
         )
-        cli = [sys.executable, "-m", "app"]
-        subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, check=True, capture_output=True)
-        created = subprocess.run(
-            [*cli, "keys", "create", "--tenant", f"ab-{uuid.uuid4().hex[:8]}"],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        api_key = created.stdout.strip().split(": ")[1]
-        fake = [sys.executable, "-m", "uvicorn", "bench.fast_n8n:app", "--port", str(n8n_port)]
-        fake += ["--log-level", "warning", "--no-access-log"]
-        stack.enter_context(running(fake, env, f"http://127.0.0.1:{n8n_port}/webhook/ready"))
+        api_key = migrate_and_create_key(env, tenant_prefix="ab")
+        stack.enter_context(fake_n8n(n8n_port, env))
         base = Build("base", base_root, free_port())
         change = Build("change", ROOT, free_port())
         for build in (base, change):
             check_imports_from(build.root, env)
-            serve = [*cli, "serve", "--port", str(build.port), "--workers", "1"]
+            serve = [*CLI, "serve", "--port", str(build.port), "--workers", "1"]
             ready = f"http://127.0.0.1:{build.port}/readyz"
             stack.enter_context(running(serve, gateway_env(build.root, env), ready, build.root))
         print(f"{args.kind}, one request at a time, {args.requests} per build and round")

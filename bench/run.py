@@ -29,7 +29,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from bench.http_load import Connection  # noqa: E402
 
 BODY = b'{"event":"charge.succeeded","amount":4200}'
+CLI = [sys.executable, "-m", "app"]
 Headers = dict[str, str]
 HeadersFor = Callable[[int, int], Headers]
 
@@ -60,8 +61,13 @@ class Result:
         return len(self.latencies_ms) / self.seconds
 
     def percentile(self, q: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return percentile(self.latencies_ms, q)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The value below which a fraction `q` of `values` lies (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def free_port() -> int:
@@ -83,6 +89,27 @@ def running(
         finally:
             proc.terminate()
             proc.wait(30)
+
+
+def fake_n8n(port: int, env: dict[str, str]) -> AbstractContextManager[None]:
+    """The fast fake n8n (bench/fast_n8n.py) on `port`, while the block runs."""
+    command = [sys.executable, "-m", "uvicorn", "bench.fast_n8n:app", "--port", str(port)]
+    command += ["--log-level", "warning", "--no-access-log"]
+    return running(command, env, f"http://127.0.0.1:{port}/webhook/ready")
+
+
+def migrate_and_create_key(env: dict[str, str], *, tenant_prefix: str) -> str:
+    """Migrates the database `env` names and returns an API key for a new tenant."""
+    subprocess.run([*CLI, "migrate"], env=env, cwd=ROOT, check=True, capture_output=True)
+    created = subprocess.run(
+        [*CLI, "keys", "create", "--tenant", f"{tenant_prefix}-{uuid.uuid4().hex[:8]}"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return created.stdout.strip().split(": ")[1]
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
@@ -139,8 +166,7 @@ class Delays:
     delays_ms: list[float]
 
     def percentile(self, q: float) -> float:
-        ordered = sorted(self.delays_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return percentile(self.delays_ms, q)
 
 
 async def delivery_delays(
@@ -291,23 +317,10 @@ def measure(args: argparse.Namespace, data_dir: Path) -> tuple[list[Result], lis
         GATE_DATA_DIR=str(data_dir),
         GATE_ACCESS_LOG="false",
     )
-    cli = [sys.executable, "-m", "app"]
-    fake = [sys.executable, "-m", "uvicorn", "bench.fast_n8n:app", "--port", str(n8n_port)]
-    fake += ["--log-level", "warning", "--no-access-log"]
-    gate = [*cli, "serve", "--port", str(gate_port), "--workers", str(args.workers)]
-    subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, check=True, capture_output=True)
-    tenant = f"bench-{uuid.uuid4().hex[:8]}"
-    created = subprocess.run(
-        [*cli, "keys", "create", "--tenant", tenant],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    api_key = created.stdout.strip().split(": ")[1]
+    gate = [*CLI, "serve", "--port", str(gate_port), "--workers", str(args.workers)]
+    api_key = migrate_and_create_key(env, tenant_prefix="bench")
     with (
-        running(fake, env, f"http://127.0.0.1:{n8n_port}/webhook/ready"),
+        fake_n8n(n8n_port, env),
         running(gate, env, f"http://127.0.0.1:{gate_port}/readyz"),
     ):
         return uvloop.run(run_phases(n8n_port, gate_port, api_key, args.seconds))
