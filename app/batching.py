@@ -47,11 +47,16 @@ class Batcher(Generic[Item, Result]):
         self._shared_failure = shared_failure
         self._queue: deque[tuple[Item, asyncio.Future[Result]]] = deque()
         self._flushers: set[asyncio.Task[None]] = set()
+        # Flushers that may still take from the queue. It drops in the step that finds the
+        # queue empty; a task leaves `_flushers` a turn of the loop later, and a call queued
+        # in between, seeing no room for a flusher, would wait for the next caller: maybe none.
+        self._taking = 0
 
     async def submit(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
-        if len(self._flushers) < self._concurrency:
+        if self._taking < self._concurrency:
+            self._taking += 1
             flusher = asyncio.create_task(self._flush())
             self._flushers.add(flusher)
             flusher.add_done_callback(self._flushers.discard)
@@ -65,8 +70,11 @@ class Batcher(Generic[Item, Result]):
     async def _flush(self) -> None:
         # Started by a submit, run from the next turn of the loop: the calls that arrived
         # meanwhile join the first batch.
-        while self._queue:
-            await self._run_batch(self._next_batch())
+        try:
+            while self._queue:
+                await self._run_batch(self._next_batch())
+        finally:
+            self._taking -= 1
 
     def _next_batch(self) -> list[tuple[Item, asyncio.Future[Result]]]:
         batch = [self._queue.popleft()]

@@ -147,3 +147,33 @@ async def test_a_run_that_returns_too_few_results_fails_its_callers_instead_of_h
     results = await asyncio.gather(*(calls.submit(n) for n in (0, 1)), return_exceptions=True)
     assert isinstance(results[0], RuntimeError)
     assert results[1] == 2
+
+
+async def test_a_call_queued_as_the_last_batch_ends_still_runs() -> None:
+    """A call that arrives between a batch's end and its flusher's exit must still run: if
+    the flusher still counted as running, the call would wait for some later caller, and a
+    record nothing else follows would never be written."""
+    last_batch_ending = asyncio.Event()
+
+    async def run(items: list[int]) -> list[int]:
+        # Wakes `late` before the flusher returns; no await follows here, so the flusher
+        # finds its queue empty and ends before `late` submits.
+        last_batch_ending.set()
+        return [item * 2 for item in items]
+
+    calls = Batcher(
+        run,
+        max_items=64,
+        max_bytes=1000,
+        size_of=abs,
+        concurrency=1,
+        shared_failure=lambda exc: False,
+    )
+
+    async def late() -> int:
+        await last_batch_ending.wait()
+        return await calls.submit(2)
+
+    late_call = asyncio.ensure_future(late())
+    assert await calls.submit(1) == 2
+    assert await asyncio.wait_for(late_call, 2) == 4
