@@ -105,8 +105,12 @@ async def test_replicas_on_one_database_call_n8n_once_per_key(
     run = uuid.uuid4().hex[:8]
     # aiohttp drives this load: httpx's pool is slow with hundreds of concurrent connections.
     connector = aiohttp.TCPConnector(limit=0)
+    # A request left unanswered fails the test after a minute, not aiohttp's default five.
+    timeout = aiohttp.ClientTimeout(total=60)
     with gateways(4, gateway_env) as replicas:
-        async with aiohttp.ClientSession(connector=connector, headers=auth) as client:
+        async with aiohttp.ClientSession(
+            connector=connector, headers=auth, timeout=timeout
+        ) as client:
 
             async def send(i: int, key: str, *, wait: bool = False) -> Reply:
                 url = f"{replicas[i % 4].base_url}/webhook/echo"
