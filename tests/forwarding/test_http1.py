@@ -40,9 +40,11 @@ class RawServer:
     connections: int = 0
     url: str = ""
     received: asyncio.Event = field(default_factory=asyncio.Event)
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.writers.append(writer)
         try:
             while self.answers:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -80,19 +82,23 @@ class OriginFactory(Protocol):
 
 @pytest.fixture
 async def serve() -> AsyncIterator[RawServerFactory]:
-    servers: list[asyncio.Server] = []
+    servers: list[tuple[asyncio.Server, RawServer]] = []
 
     async def start(*answers: Answer, ssl_context: ssl.SSLContext | None = None) -> RawServer:
         raw = RawServer(list(answers))
         server = await asyncio.start_server(raw.handle, "127.0.0.1", 0, ssl=ssl_context)
-        servers.append(server)
+        servers.append((server, raw))
         scheme = "https" if ssl_context else "http"
         raw.url = f"{scheme}://localhost:{server.sockets[0].getsockname()[1]}"
         return raw
 
     yield start
-    for server in servers:
+    for server, raw in servers:
         server.close()
+        # Since Python 3.12.1 wait_closed() also waits for the connections: a handler still
+        # holding its answer would keep it open for good.
+        for writer in raw.writers:
+            writer.close()
         await server.wait_closed()
 
 
