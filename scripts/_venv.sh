@@ -1,19 +1,28 @@
-# Sourced by scripts/run and scripts/test: make .venv (Python 3.11+) and install the project
-# into it with the given extras, again only when pyproject.toml has changed.
+# Sourced by the scripts: make the virtualenv (Python 3.11+) and install the project into it
+# with the given extras, again only when pyproject.toml has changed. `$venv` names it:
+# N8N_GATE_VENV, else .venv; PYTHON picks the interpreter that creates it (else python3).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 extras="$1"
+venv="${N8N_GATE_VENV:-.venv}"
 python="${PYTHON:-python3}"
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
     echo "n8n-gate needs Python 3.11 or newer (found $("$python" --version 2>&1))." >&2
     exit 1
 }
-[ -x .venv/bin/python ] || "$python" -m venv .venv
-stamp=".venv/.installed-$extras-$(sha256sum pyproject.toml | cut -c1-16)"
+version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+elif [ -n "${PYTHON:-}" ] && [ "$(version "$venv/bin/python")" != "$(version "$python")" ]; then
+    echo "$venv has Python $(version "$venv/bin/python"), not $(version "$python") as PYTHON asks:" \
+        "remove it, or set N8N_GATE_VENV to another directory." >&2
+    exit 1
+fi
+stamp="$venv/.installed-$extras-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[$extras]"
-    rm -f .venv/.installed-"$extras"-*
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install --quiet -e ".[$extras]"
+    rm -f "$venv"/.installed-"$extras"-*
     touch "$stamp"
 fi
