@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -51,10 +52,14 @@ class Recorder:
 
 
 def batcher(
-    recorder: Recorder, *, max_items: int = 64, max_bytes: int = 1000, concurrency: int = 1
+    run: Callable[[list[int]], Awaitable[list[int]]],
+    *,
+    max_items: int = 64,
+    max_bytes: int = 1000,
+    concurrency: int = 1,
 ) -> Batcher[int, int]:
     return Batcher(
-        recorder.run,
+        run,
         max_items=max_items,
         max_bytes=max_bytes,
         size_of=lambda item: abs(item),
@@ -65,13 +70,13 @@ def batcher(
 
 async def test_a_lone_call_runs_at_once_as_a_batch_of_one() -> None:
     recorder = Recorder()
-    assert await batcher(recorder).submit(21) == 42
+    assert await batcher(recorder.run).submit(21) == 42
     assert recorder.batches == [[21]]
 
 
 async def test_concurrent_calls_share_batches_and_each_gets_its_own_result() -> None:
     recorder = Recorder()
-    calls = batcher(recorder, max_items=10)
+    calls = batcher(recorder.run, max_items=10)
     results = await asyncio.gather(*(calls.submit(n) for n in range(1, 26)))
     assert results == [n * 2 for n in range(1, 26)]
     assert [len(b) for b in recorder.batches] == [10, 10, 5]
@@ -80,7 +85,7 @@ async def test_concurrent_calls_share_batches_and_each_gets_its_own_result() -> 
 async def test_calls_arriving_while_a_batch_runs_form_the_next_batch() -> None:
     pause = asyncio.Event()
     recorder = Recorder(pause=pause)
-    calls = batcher(recorder)
+    calls = batcher(recorder.run)
     first = asyncio.ensure_future(calls.submit(1))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
@@ -92,7 +97,7 @@ async def test_calls_arriving_while_a_batch_runs_form_the_next_batch() -> None:
 
 async def test_a_failing_call_fails_alone_and_the_rest_of_its_batch_succeeds() -> None:
     recorder = Recorder()
-    calls = batcher(recorder)
+    calls = batcher(recorder.run)
     results = await asyncio.gather(*(calls.submit(n) for n in (1, 666, 3)), return_exceptions=True)
     assert (results[0], results[2]) == (2, 6)
     assert isinstance(results[1], ValueError)
@@ -101,7 +106,7 @@ async def test_a_failing_call_fails_alone_and_the_rest_of_its_batch_succeeds() -
 
 async def test_an_unreachable_database_fails_the_whole_batch_without_retrying_each() -> None:
     recorder = Recorder()
-    calls = batcher(recorder)
+    calls = batcher(recorder.run)
     results = await asyncio.gather(*(calls.submit(n) for n in (1, -1, 3)), return_exceptions=True)
     assert all(isinstance(r, Unavailable) for r in results)
     assert recorder.batches == [[1, -1, 3]]
@@ -109,7 +114,7 @@ async def test_an_unreachable_database_fails_the_whole_batch_without_retrying_ea
 
 async def test_a_batch_stops_at_max_bytes_and_a_large_call_goes_alone() -> None:
     recorder = Recorder()
-    calls = batcher(recorder, max_bytes=100)
+    calls = batcher(recorder.run, max_bytes=100)
     await asyncio.gather(*(calls.submit(n) for n in (40, 50, 20, 500, 30)))
     assert recorder.batches == [[40, 50], [20], [500], [30]]
 
@@ -117,7 +122,7 @@ async def test_a_batch_stops_at_max_bytes_and_a_large_call_goes_alone() -> None:
 async def test_at_most_concurrency_batches_run_at_once() -> None:
     pause = asyncio.Event()
     recorder = Recorder(pause=pause)
-    calls = batcher(recorder, max_items=2, concurrency=3)
+    calls = batcher(recorder.run, max_items=2, concurrency=3)
     pending = [asyncio.ensure_future(calls.submit(n)) for n in range(1, 21)]
     await recorder.started(3)
     pause.set()
@@ -128,7 +133,7 @@ async def test_at_most_concurrency_batches_run_at_once() -> None:
 async def test_a_caller_that_goes_away_does_not_stop_its_call() -> None:
     pause = asyncio.Event()
     recorder = Recorder(pause=pause)
-    calls = batcher(recorder)
+    calls = batcher(recorder.run)
     gone = asyncio.ensure_future(calls.submit(1))
     stays = asyncio.ensure_future(calls.submit(2))
     await recorder.started(1)
@@ -143,7 +148,7 @@ async def test_a_caller_that_goes_away_does_not_stop_its_call() -> None:
 
 async def test_a_run_that_returns_too_few_results_fails_its_callers_instead_of_hanging() -> None:
     recorder = Recorder()
-    calls = batcher(recorder)
+    calls = batcher(recorder.run)
     results = await asyncio.gather(*(calls.submit(n) for n in (0, 1)), return_exceptions=True)
     assert isinstance(results[0], RuntimeError)
     assert results[1] == 2
@@ -161,14 +166,7 @@ async def test_a_call_queued_as_the_last_batch_ends_still_runs() -> None:
         last_batch_ending.set()
         return [item * 2 for item in items]
 
-    calls = Batcher(
-        run,
-        max_items=64,
-        max_bytes=1000,
-        size_of=abs,
-        concurrency=1,
-        shared_failure=lambda exc: False,
-    )
+    calls = batcher(run)
 
     async def late() -> int:
         await last_batch_ending.wait()
