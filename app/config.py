@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     n8n_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     n8n_timeout_seconds: float = Field(default=300.0, gt=0)
     n8n_max_connections: int = Field(default=100, ge=1)
+    n8n_max_answer_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
 
     access_log: bool = True
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)

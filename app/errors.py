@@ -15,6 +15,7 @@ GateError                       every error a client may see
 ├── IdempotencyKeyReused        422
 ├── InternalError               500
 ├── N8nUnreachable              502
+├── N8nAnswerTooLarge           502
 ├── DatabaseUnavailable         503
 └── N8nTimeout                  504
 """
@@ -166,6 +167,8 @@ class ForwardFailed(GateError):
     """n8n gave no usable answer. `cause` is what the attempt records; `maybe_ran` is true when
     the request may have reached n8n (so the workflow may have run)."""
 
+    transient: ClassVar[bool] = True  # may go away by itself: async deliveries try again
+
     def __init__(self, detail: str, *, cause: str, maybe_ran: bool) -> None:
         super().__init__(detail)
         self.cause = cause
@@ -176,6 +179,16 @@ class N8nUnreachable(ForwardFailed):
     status_code = 502
     slug = "n8n-unreachable"
     title = "n8n could not be reached"
+
+
+class N8nAnswerTooLarge(ForwardFailed):
+    """n8n's answer is over the gateway's limit. Running the workflow again gives the same answer,
+    so async deliveries do not retry it."""
+
+    status_code = 502
+    slug = "n8n-answer-too-large"
+    title = "n8n's answer is too large"
+    transient = False
 
 
 class DatabaseUnavailable(GateError):

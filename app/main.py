@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     connect_timeout=settings.n8n_connect_timeout_seconds,
                     timeout=settings.n8n_timeout_seconds,
                     max_connections=settings.n8n_max_connections,
+                    max_answer_bytes=settings.n8n_max_answer_bytes,
                 ) as n8n,
                 FinishedExecutions(str(settings.database_url)) as finished,
                 Reaper(

@@ -29,7 +29,8 @@ class RecordedResponse(BaseModel):
 class ExecutionError(BaseModel):
     type: str = Field(
         description="n8n-connection-refused, n8n-dns-failure, n8n-connect-timeout, "
-        "n8n-read-timeout, n8n-connection-lost, n8n-error (5xx), n8n-not-registered, abandoned"
+        "n8n-read-timeout, n8n-connection-lost, n8n-answer-too-large, n8n-error (5xx), "
+        "n8n-not-registered, abandoned, claim-interrupted"
     )
     detail: str | None
 

@@ -422,7 +422,7 @@ class ExecutionService:
                 response = await self.n8n.forward(request, client_host=client_host)
         except ForwardFailed as exc:
             outcome = _failure(exc)
-            retry_at = self._retry_at(attempt, outcome, None) if retry else None
+            retry_at = self._retry_at(attempt, outcome, None) if retry and exc.transient else None
             await self._record(tenant_id, attempt, outcome, retry_at=retry_at)
             raise
         outcome = self._outcome(response, rate_limit_retryable=retry)

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from app.errors import N8nTimeout, N8nUnreachable
+from app.errors import N8nAnswerTooLarge, N8nTimeout, N8nUnreachable
 from app.executions.trigger import TriggerRequest
 from app.forwarding.headers import NOT_REPLAYED, end_to_end, to_forward
 from app.forwarding.http1 import NoAnswer, NotSent, Origin
@@ -58,12 +58,14 @@ class N8nClient:
         connect_timeout: float,
         timeout: float,
         max_connections: int,
+        max_answer_bytes: int,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._base_path = urlsplit(self._base_url).path
         self._connect_timeout = connect_timeout
         self._timeout = timeout
         self._max_connections = max_connections
+        self._max_answer_bytes = max_answer_bytes
         self._origin: Origin | None = None
 
     async def __aenter__(self) -> N8nClient:
@@ -71,6 +73,7 @@ class N8nClient:
             self._base_url,
             max_connections=self._max_connections,
             idle_seconds=KEEPALIVE_SECONDS,
+            max_body_bytes=self._max_answer_bytes,
         )
         return self
 
@@ -128,7 +131,16 @@ class N8nClient:
             maybe_ran=False,
         )
 
-    def _no_answer(self, exc: NoAnswer) -> N8nUnreachable | N8nTimeout:
+    def _no_answer(self, exc: NoAnswer) -> N8nUnreachable | N8nTimeout | N8nAnswerTooLarge:
+        if exc.too_large:
+            return N8nAnswerTooLarge(
+                f"n8n answered, so the workflow ran, but {exc} (GATE_N8N_MAX_ANSWER_BYTES) "
+                "and the gateway did not take it. Have the workflow answer with less (a link "
+                "to a file, say) or raise the limit. A retry with this key runs the workflow "
+                "again, unless GATE_UNKNOWN_OUTCOME=refuse.",
+                cause="n8n-answer-too-large",
+                maybe_ran=True,
+            )
         if exc.timed_out:
             return N8nTimeout(
                 f"n8n did not answer within {self._timeout:g} s; the workflow may still "

@@ -9,7 +9,8 @@ and the gateway's CPU per new key fell by about a third (README, Benchmark).
 
 Failures say how far the exchange got, because that decides whether n8n may have run the
 workflow: `NotSent` (no connection, nothing written) or `NoAnswer` (written, no complete
-answer).
+answer). An answer is held in memory whole, so its body has a limit (`max_body_bytes`, before
+and after decoding); a larger one is a `NoAnswer` too, and its connection is closed unread.
 """
 
 from __future__ import annotations
@@ -45,11 +46,12 @@ class NotSent(Exception):
 
 
 class NoAnswer(Exception):
-    """The request was written, but no complete answer came back."""
+    """The request was written, but no complete answer came back (or one too large to take)."""
 
-    def __init__(self, reason: str, *, timed_out: bool = False) -> None:
+    def __init__(self, reason: str, *, timed_out: bool = False, too_large: bool = False) -> None:
         super().__init__(reason)
         self.timed_out = timed_out
+        self.too_large = too_large
 
 
 class Origin:
@@ -60,7 +62,9 @@ class Origin:
     the server is closing fails without telling whether it arrived.
     """
 
-    def __init__(self, base_url: str, *, max_connections: int, idle_seconds: float) -> None:
+    def __init__(
+        self, base_url: str, *, max_connections: int, idle_seconds: float, max_body_bytes: int
+    ) -> None:
         parts = urlsplit(base_url)
         secure = parts.scheme == "https"
         self.host = parts.hostname or "localhost"
@@ -72,6 +76,7 @@ class Origin:
         self._ssl = ssl.create_default_context() if secure else None
         self._idle_seconds = idle_seconds
         self._max_connections = max_connections
+        self._max_body_bytes = max_body_bytes
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: deque[_Connection] = deque()
 
@@ -122,7 +127,7 @@ class Origin:
         try:
             async with asyncio.timeout(within_seconds):
                 _, connection = await loop.create_connection(
-                    _Connection,
+                    lambda: _Connection(max_body_bytes=self._max_body_bytes),
                     self.host,
                     self.port,
                     ssl=self._ssl,
@@ -158,12 +163,14 @@ class Origin:
 class _Connection(asyncio.Protocol):
     """One connection; one exchange at a time, answers parsed as they arrive."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_body_bytes: int) -> None:
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._answer: asyncio.Future[Response] | None = None
+        self._max_body_bytes = max_body_bytes
         self._headers: list[tuple[str, str]] = []
         self._body: list[bytes] = []
+        self._body_bytes = 0
         self._framed = False  # the answer says where its body ends
         self._headers_done = False
         self.open = False
@@ -198,21 +205,25 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(f"unparseable answer ({exc})")
+            self._fail(NoAnswer(f"unparseable answer ({exc})"))
             self.close()
+            return
+        if self._body_bytes > self._max_body_bytes:
+            self._fail(_too_large(self._max_body_bytes))
+            self.close()  # the rest of the body is not read at all
 
     def eof_received(self) -> bool:
         if self._answer is not None and not self._answer.done():
             if self._headers_done and not self._framed:  # the close ends the body
                 self._complete(keep_alive=False)
             else:
-                self._fail("the connection closed before a complete answer")
+                self._fail(NoAnswer("the connection closed before a complete answer"))
         self.open = False
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
-        self._fail(f"the connection was lost ({exc or 'closed'})")
+        self._fail(NoAnswer(f"the connection was lost ({exc or 'closed'})"))
 
     # httptools callbacks
 
@@ -225,7 +236,9 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
+        self._body_bytes += len(body)
+        if self._body_bytes <= self._max_body_bytes:  # beyond: data_received fails the answer
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -238,26 +251,34 @@ class _Connection(asyncio.Protocol):
         self._headers_done = True
 
     def _start_answer(self) -> None:
-        self._headers, self._body = [], []
+        self._headers, self._body, self._body_bytes = [], [], 0
         self._framed = self._headers_done = False
 
     def _complete(self, *, keep_alive: bool) -> None:
+        if self._body_bytes > self._max_body_bytes:
+            return  # data_received fails it once the parser returns
         assert self._answer is not None
         answer, self._answer = self._answer, None
         self.keep_alive = keep_alive and self.open
         if answer.done():  # the caller gave up (timeout, cancelled) and closes the connection
             return
+        body = b"".join(self._body)
         try:
-            response = _decoded(self._parser.get_status_code(), self._headers, b"".join(self._body))
+            response = _decoded(
+                self._parser.get_status_code(), self._headers, body, self._max_body_bytes
+            )
         except zlib.error as exc:
             self.keep_alive = False
             answer.set_exception(NoAnswer(f"undecodable compressed answer ({exc})"))
             return
+        except NoAnswer as exc:
+            answer.set_exception(exc)
+            return
         answer.set_result(response)
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, error: NoAnswer) -> None:
         if self._answer is not None and not self._answer.done():
-            self._answer.set_exception(NoAnswer(reason))
+            self._answer.set_exception(error)
         self._answer = None
 
 
@@ -275,19 +296,37 @@ def _request_bytes(
     return head.encode("latin-1") + body
 
 
-def _decoded(status: int, headers: list[tuple[str, str]], body: bytes) -> Response:
+def _decoded(
+    status: int, headers: list[tuple[str, str]], body: bytes, max_body_bytes: int
+) -> Response:
     """The answer with a gzip or deflate body decoded (this client asked for those)."""
     encodings = [v.strip().lower() for k, v in headers if k.lower() == "content-encoding"]
     if len(encodings) == 1 and encodings[0] in ("gzip", "x-gzip", "deflate"):
-        body = _decompress(body, encodings[0])
+        body = _decompress(body, encodings[0], max_body_bytes)
         headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
     return Response(status=status, headers=headers, body=body)
 
 
-def _decompress(body: bytes, encoding: str) -> bytes:
+def _decompress(body: bytes, encoding: str, max_bytes: int) -> bytes:
     if encoding != "deflate":
-        return zlib.decompress(body, wbits=zlib.MAX_WBITS | 16)
+        return _inflate(body, zlib.MAX_WBITS | 16, max_bytes)
     try:  # "deflate" is zlib-wrapped by the standard, raw in some servers
-        return zlib.decompress(body)
+        return _inflate(body, zlib.MAX_WBITS, max_bytes)
     except zlib.error:
-        return zlib.decompress(body, wbits=-zlib.MAX_WBITS)
+        return _inflate(body, -zlib.MAX_WBITS, max_bytes)
+
+
+def _inflate(body: bytes, wbits: int, max_bytes: int) -> bytes:
+    # Bounded: a few kilobytes of gzip can inflate to gigabytes.
+    inflater = zlib.decompressobj(wbits)
+    decoded = inflater.decompress(body, max_bytes + 1)
+    if len(decoded) > max_bytes:
+        raise _too_large(max_bytes, decoded=True)
+    if not inflater.eof:
+        raise zlib.error("incomplete or truncated stream")
+    return decoded
+
+
+def _too_large(max_bytes: int, *, decoded: bool = False) -> NoAnswer:
+    what = "decoded body" if decoded else "body"
+    return NoAnswer(f"the answer's {what} is larger than {max_bytes} bytes", too_large=True)

@@ -109,6 +109,25 @@ async def test_when_attempts_run_out_the_execution_is_a_dead_letter(
     assert len(n8n.calls_for(key)) == 3
 
 
+async def test_an_answer_over_the_limit_is_not_delivered_again(
+    make_client: ClientFactory, n8n: FakeN8n
+) -> None:
+    # n8n ran the workflow and would give the same answer again: retrying only repeats it.
+    key = f"async-{uuid.uuid4()}"
+    settings = {
+        "n8n_max_answer_bytes": 10,
+        "retry_base_seconds": 0.01,
+        "retry_cap_seconds": 0.01,
+        "delivery_poll_seconds": 0.05,
+    }
+    async with make_client(**settings) as client:
+        await client.post("/webhook/echo", json={}, headers={**ASYNC, "Idempotency-Key": key})
+        status = await until_status(client, key, "failed")
+    assert (status["attempts"], status["next_attempt_at"]) == (1, None)
+    assert status["last_error"]["type"] == "n8n-answer-too-large"  # type: ignore[index]
+    assert len(n8n.calls_for(key)) == 1
+
+
 def test_backoff_is_full_jitter_under_an_exponential_cap_and_honours_retry_after() -> None:
     backoff = Backoff(base_seconds=1, cap_seconds=10, max_attempts=5)
     assert [backoff.delay(n, retry_after=None, draw=lambda: 1.0) for n in range(1, 6)] == [

@@ -152,6 +152,23 @@ async def test_a_large_answer_is_stored_truncated_but_the_caller_gets_it_whole(
     assert status["response"]["body_bytes"] == len(BINARY_BODY)  # type: ignore[index]
 
 
+async def test_an_answer_over_the_limit_is_502_and_an_unknown_outcome(
+    make_client: ClientFactory, n8n: FakeN8n
+) -> None:
+    key = new_key()
+    headers = {"Idempotency-Key": key}
+    async with make_client(n8n_max_answer_bytes=len(BINARY_BODY) - 1) as client:
+        response = await client.post("/webhook/binary", headers=headers)
+        problem = assert_problem(response, 502, "n8n-answer-too-large")
+        status = await status_of(client, key)
+    assert "GATE_N8N_MAX_ANSWER_BYTES" in problem["detail"]
+    assert response.headers["location"] == f"/v1/executions/{key}"
+    assert status["status"] == "failed"
+    assert status["last_error"]["type"] == "n8n-answer-too-large"  # type: ignore[index]
+    assert status["outcome_unknown"] is True  # n8n ran it: GATE_UNKNOWN_OUTCOME decides
+    assert len(n8n.calls_for(key)) == 1
+
+
 async def test_a_renewed_lease_is_not_taken_over_while_n8n_works(
     make_client: ClientFactory, n8n: FakeN8n
 ) -> None:

@@ -1,8 +1,8 @@
 """The forwarding client's HTTP/1.1, against a raw server that answers byte for byte.
 
 Every answer n8n (Node's HTTP server) can give must come back whole: framed by
-Content-Length, chunked, or by the connection's close; compressed; after an interim 100.
-Every failure must say whether the request may have reached the server.
+Content-Length, chunked, or by the connection's close; compressed; after an interim 100; up to
+the body limit. Every failure must say whether the request may have reached the server.
 """
 
 from __future__ import annotations
@@ -76,7 +76,12 @@ class RawServerFactory(Protocol):
 
 class OriginFactory(Protocol):
     def __call__(
-        self, url: str, *, max_connections: int = 4, idle_seconds: float = 4.0
+        self,
+        url: str,
+        *,
+        max_connections: int = 4,
+        idle_seconds: float = 4.0,
+        max_body_bytes: int = 1024 * 1024,
     ) -> Origin: ...
 
 
@@ -106,8 +111,19 @@ async def serve() -> AsyncIterator[RawServerFactory]:
 async def origins() -> AsyncIterator[OriginFactory]:
     opened: list[Origin] = []
 
-    def make(url: str, *, max_connections: int = 4, idle_seconds: float = 4.0) -> Origin:
-        origin = Origin(url, max_connections=max_connections, idle_seconds=idle_seconds)
+    def make(
+        url: str,
+        *,
+        max_connections: int = 4,
+        idle_seconds: float = 4.0,
+        max_body_bytes: int = 1024 * 1024,
+    ) -> Origin:
+        origin = Origin(
+            url,
+            max_connections=max_connections,
+            idle_seconds=idle_seconds,
+            max_body_bytes=max_body_bytes,
+        )
         opened.append(origin)
         return origin
 
@@ -225,6 +241,59 @@ async def test_other_encodings_keep_their_header_with_the_body(
     server = await serve(Answer(answer))
     response = await post(origins(server.url))
     assert (response.body, header(response, "content-encoding")) == (b"\x0b\x01\x80", "br")
+
+
+def with_length(body: bytes, *, encoding: str | None = None) -> bytes:
+    coding = f"Content-Encoding: {encoding}\r\n" if encoding else ""
+    head = f"HTTP/1.1 200 OK\r\n{coding}Content-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+def chunked(body: bytes) -> bytes:
+    half = len(body) // 2
+    chunks = b"".join(f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in (body[:half], body[half:]))
+    return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+
+
+LIMIT = 1000
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Answer(with_length(b"x" * (LIMIT + 1))),
+        Answer(chunked(b"x" * (LIMIT + 1))),
+        Answer(b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * (LIMIT + 1), close=True),
+        # small on the wire, over the limit once decoded
+        Answer(with_length(gzip.compress(b"x" * (LIMIT + 1)), encoding="gzip")),
+        Answer(with_length(zlib.compress(b"x" * (LIMIT + 1)), encoding="deflate")),
+    ],
+    ids=["content-length", "chunked", "until-close", "gzip", "deflate"],
+)
+async def test_an_answer_over_the_limit_is_refused_and_its_connection_dropped(
+    serve: RawServerFactory, origins: OriginFactory, answer: Answer
+) -> None:
+    server = await serve(answer, Answer(OK))
+    origin = origins(server.url, max_body_bytes=LIMIT)
+    with pytest.raises(NoAnswer) as caught:
+        await post(origin)
+    assert caught.value.too_large
+    assert not caught.value.timed_out
+    assert (await post(origin)).body == b'{"ok":true}'
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+async def test_an_answer_at_the_limit_comes_back_whole(
+    serve: RawServerFactory, origins: OriginFactory, encoding: str | None
+) -> None:
+    body = b"x" * LIMIT
+    wire = gzip.compress(body) if encoding else body
+    server = await serve(Answer(with_length(wire, encoding=encoding)), Answer(chunked(body)))
+    origin = origins(server.url, max_body_bytes=LIMIT)
+    assert (await post(origin)).body == body
+    assert (await post(origin)).body == body
+    assert server.connections == 1
 
 
 async def test_interim_100_continue_is_skipped(
