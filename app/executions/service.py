@@ -478,7 +478,8 @@ class ExecutionService:
             response_body=response.body[: self.settings.max_stored_body_bytes],
             response_body_bytes=len(response.body),
             error_type=_error_type(response) if failed else None,
-            error_detail=f"n8n answered {response.status}" if failed else None,
+            error_detail=_error_detail(response) if failed else None,
+            outcome_unknown=response.outcome_unknown,
         )
 
     async def _record(
@@ -591,6 +592,12 @@ def _error_type(response: N8nResponse) -> str:
     if response.is_not_registered:
         return "n8n-not-registered"
     return "n8n-rate-limited" if response.status == 429 else "n8n-error"
+
+
+def _error_detail(response: N8nResponse) -> str:
+    if response.outcome_unknown:
+        return f"n8n answered {response.status}, a proxy's timeout: the workflow may have run"
+    return f"n8n answered {response.status}"
 
 
 def _not_retryable_reason(row: repo.ExecutionRow) -> str:

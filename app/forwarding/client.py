@@ -20,6 +20,10 @@ from app.forwarding.http1 import NoAnswer, NotSent, Origin
 # Node's HTTP server (n8n) closes idle keep-alive connections after 5 s; reusing one it is
 # closing fails the request, so the gateway drops idle connections first.
 KEEPALIVE_SECONDS = 4.0
+# What a proxy in front of n8n answers when n8n took too long: 504 (nginx, load balancers),
+# 524 (Cloudflare, so n8n Cloud, after 100 s). n8n had the request, so the workflow may have
+# run or still be running. (A 502 is more often n8n down than n8n hanging up: not counted.)
+PROXY_TIMEOUTS = frozenset({504, 524})
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,11 @@ class N8nResponse:
     @property
     def is_retryable(self) -> bool:
         return self.status >= 500 or self.is_not_registered
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """A proxy's timeout: GATE_UNKNOWN_OUTCOME decides, as for the gateway's own."""
+        return self.status in PROXY_TIMEOUTS
 
 
 class N8nClient:

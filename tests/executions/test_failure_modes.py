@@ -8,11 +8,15 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
 
 from tests.conftest import ClientFactory
 from tests.fake_n8n import BINARY_BODY, FakeN8n
 from tests.problems import assert_problem
-from tests.servers import blackhole_port
+from tests.servers import blackhole_port, serve_in_thread
 
 
 def new_key() -> str:
@@ -133,6 +137,48 @@ async def test_a_refused_connection_is_retried_even_under_the_refuse_policy(
     async with make_client(unknown_outcome="refuse") as up:
         assert (await up.post("/webhook/echo", json={}, headers=headers)).status_code == 200
     assert len(n8n.calls_for(key)) == 1
+
+
+class ProxyInFront:
+    """A reverse proxy in front of n8n that fails every call with `status`, as nginx does."""
+
+    def __init__(self, status: int) -> None:
+        self.keys: list[str | None] = []  # of each call, as other tests' deliveries come too
+        self.app = Starlette(routes=[Route("/webhook/{path:path}", self._fail, methods=["POST"])])
+        self._status = status
+
+    async def _fail(self, request: Request) -> Response:
+        self.keys.append(request.headers.get("idempotency-key"))
+        await request.body()
+        page = f"<html><head><title>{self._status}</title></head></html>"
+        return HTMLResponse(page, status_code=self._status)
+
+
+@pytest.mark.parametrize(
+    ("status", "unknown"),
+    [(504, True), (524, True), (500, False), (502, False), (503, False)],
+)
+async def test_a_proxy_s_timeout_is_an_unknown_outcome(
+    make_client: ClientFactory, status: int, unknown: bool
+) -> None:
+    # n8n Cloud's proxy cuts an answer after 100 s while the workflow runs on; nginx after 60 s.
+    proxy = ProxyInFront(status)
+    key = new_key()
+    headers = {"Idempotency-Key": key}
+    with serve_in_thread(proxy.app) as url:
+        async with make_client(n8n_base_url=url, unknown_outcome="refuse") as client:
+            first = await client.post("/webhook/long", json={}, headers=headers)
+            recorded = await status_of(client, key)
+            second = await client.post("/webhook/long", json={}, headers=headers)
+    assert first.status_code == status, first.text
+    assert first.text.startswith("<html>"), first.text  # the proxy's own answer, relayed
+    assert (recorded["status"], recorded["outcome_unknown"]) == ("failed", unknown), recorded
+    if unknown:
+        assert_problem(second, 409, "execution-outcome-unknown")
+        assert "a proxy's timeout" in recorded["last_error"]["detail"]  # type: ignore[index]
+    else:  # n8n's own error, or nothing reached it: run again
+        assert (second.status_code, second.text) == (first.status_code, first.text)
+    assert proxy.keys.count(key) == (1 if unknown else 2)
 
 
 async def test_a_large_answer_is_stored_truncated_but_the_caller_gets_it_whole(
