@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".n8n-gate")
     db_pool_min_size: int = Field(default=2, ge=0, le=1000)
     db_pool_max_size: int = Field(default=20, ge=1, le=1000)
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     db_command_timeout_seconds: float = Field(default=10.0, gt=0)
     db_batch_max_calls: int = Field(default=64, ge=1, le=10_000)
 

@@ -54,6 +54,9 @@ async def create_pool(dsn: str, settings: Settings) -> Pool:
         dsn,
         min_size=min(settings.db_pool_min_size, settings.db_pool_max_size),
         max_size=settings.db_pool_max_size,
+        # asyncpg waits 60 s by default: every request would hang that long on a database
+        # whose network path went silent, before the 503 that says to retry.
+        timeout=settings.db_connect_timeout_seconds,
         command_timeout=settings.db_command_timeout_seconds,
         init=_init_connection,
         reset=_keep_session,

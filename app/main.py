@@ -57,7 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     max_connections=settings.n8n_max_connections,
                     max_answer_bytes=settings.n8n_max_answer_bytes,
                 ) as n8n,
-                FinishedExecutions(str(settings.database_url)) as finished,
+                FinishedExecutions(
+                    str(settings.database_url), connect_timeout=settings.db_connect_timeout_seconds
+                ) as finished,
                 Reaper(
                     pool,
                     interval_seconds=settings.reaper_interval_seconds,

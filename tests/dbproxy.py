@@ -14,6 +14,7 @@ class DatabaseProxy:
         self._upstream = urlsplit(upstream_url)
         self._connections: set[asyncio.StreamWriter] = set()
         self.down = False
+        self.stalled = False
         self.port = 0
 
     @property
@@ -31,8 +32,14 @@ class DatabaseProxy:
             writer.close()
         self._connections.clear()
 
+    def stall(self) -> None:
+        """Drop every open connection, then take new ones but never answer on them, as a
+        database behind a network path that went silent does: connecting hangs, not fails."""
+        self.cut()
+        self.down, self.stalled = False, True
+
     def restore(self) -> None:
-        self.down = False
+        self.down = self.stalled = False
 
     async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         socket_dir = parse_qs(self._upstream.query).get("host", [None])[0]
@@ -43,6 +50,12 @@ class DatabaseProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.down:
+            writer.close()
+            return
+        if self.stalled:
+            with contextlib.suppress(ConnectionError):
+                while await reader.read(65536):
+                    pass
             writer.close()
             return
         up_reader, up_writer = await self._open_upstream()

@@ -64,6 +64,25 @@ async def test_an_outage_answers_503_forwards_nothing_and_recovers(
     assert (await gateway.get("/readyz")).status_code == 200
 
 
+async def test_a_database_that_stops_answering_is_503_within_the_connect_timeout(
+    make_client: ClientFactory, proxy: DatabaseProxy, n8n: FakeN8n
+) -> None:
+    settings = {"auth_cache_seconds": 0, "db_connect_timeout_seconds": 0.5}
+    async with make_client(DATABASE_URL=proxy.url, **settings) as gateway:
+        assert (await post(gateway, "echo", f"before-{uuid.uuid4()}")).status_code == 200
+        proxy.stall()
+        during = f"during-{uuid.uuid4()}"
+        for _ in range(3):  # the pooled connections are gone: each needs a new one
+            started = time.monotonic()
+            async with asyncio.timeout(10):  # asyncpg's own default would wait 60 s
+                response = await post(gateway, "echo", during)
+            assert_problem(response, 503, "database-unavailable")
+            assert time.monotonic() - started < 3
+        proxy.restore()
+        assert (await eventually_ok(gateway, "echo", during)).status_code == 200
+    assert len(n8n.calls_for(during)) == 1
+
+
 async def test_an_outcome_that_arrives_during_an_outage_is_recorded_afterwards(
     gateway: GatewayClient, proxy: DatabaseProxy, n8n: FakeN8n
 ) -> None:

@@ -30,8 +30,9 @@ RECONNECT_SECONDS = 1.0
 
 
 class FinishedExecutions:
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, *, connect_timeout: float) -> None:
         self._dsn = dsn
+        self._connect_timeout = connect_timeout
         self._waiters: defaultdict[tuple[UUID, int], set[asyncio.Future[None]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self.on_delivery_due: Callable[[], None] | None = None
@@ -74,7 +75,11 @@ class FinishedExecutions:
             await asyncio.sleep(RECONNECT_SECONDS)
 
     async def _listen_once(self) -> None:
-        conn = await asyncpg.connect(self._dsn, server_settings={"application_name": "n8n-gate"})
+        conn = await asyncpg.connect(
+            self._dsn,
+            timeout=self._connect_timeout,
+            server_settings={"application_name": "n8n-gate"},
+        )
         closed = asyncio.Event()
         conn.add_termination_listener(lambda _: closed.set())
         try:
