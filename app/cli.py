@@ -80,8 +80,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     embedded = settings.database_url is None
     url = database_url(settings)
     if not embedded:
-        _require_current_schema(url)
-    _run(_bootstrap_default_key(url))
+        _require_current_schema(url, settings)
+    _run(_bootstrap_default_key(url, settings))
     os.environ["DATABASE_URL"] = url  # worker processes read their settings afresh
     # uvicorn shuts down gracefully, then re-raises the signal it caught; exiting through
     # Python instead (not the default handler) lets atexit stop the embedded server.
@@ -106,6 +106,8 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     url = database_url(settings)
+    # Alembic would answer an unreachable database with a traceback: say it in one line first.
+    _run(_with_admin(url, migrations.schema_state, settings))
     migrations.upgrade(url)
     print(f"schema is at {migrations.head_revision()}")
     return 0
@@ -113,7 +115,11 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
     new_key = _run(
-        _with_admin(database_url(settings), lambda conn: create_key(conn, tenant_name=args.tenant))
+        _with_admin(
+            database_url(settings),
+            lambda conn: create_key(conn, tenant_name=args.tenant),
+            settings,
+        )
     )
     print(f"tenant {new_key.tenant.name}: {new_key.secret}")
     print("Store it now: it is not shown again.", file=sys.stderr)
@@ -121,7 +127,7 @@ def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
-    keys = _run(_with_admin(database_url(settings), tenants_repo.list_keys))
+    keys = _run(_with_admin(database_url(settings), tenants_repo.list_keys, settings))
     print(f"{'prefix':<14}{'tenant':<24}{'created':<27}revoked")
     for key in keys:
         revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "-"
@@ -135,7 +141,9 @@ def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     prefix = args.prefix.removeprefix("n8ng_").split("_")[0]
     revoked = _run(
         _with_admin(
-            database_url(settings), lambda conn: tenants_repo.revoke_key(conn, prefix=prefix)
+            database_url(settings),
+            lambda conn: tenants_repo.revoke_key(conn, prefix=prefix),
+            settings,
         )
     )
     if not revoked:
@@ -144,8 +152,8 @@ def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _require_current_schema(url: str) -> None:
-    state = _run(migrations.read_schema_state(url))
+def _require_current_schema(url: str, settings: Settings) -> None:
+    state = _run(_with_admin(url, migrations.schema_state, settings))
     if not state.is_current:
         raise CliError(
             f"the database schema is at {state.current or 'nothing'} but this build needs "
@@ -153,7 +161,7 @@ def _require_current_schema(url: str) -> None:
         )
 
 
-async def _bootstrap_default_key(url: str) -> None:
+async def _bootstrap_default_key(url: str, settings: Settings) -> None:
     async def create_if_none(conn: asyncpg.Connection) -> None:
         if await tenants_repo.count_keys(conn) == 0:
             new_key = await create_key(conn, tenant_name=DEFAULT_TENANT)
@@ -163,14 +171,24 @@ async def _bootstrap_default_key(url: str) -> None:
                 flush=True,
             )
 
-    await _with_admin(url, create_if_none)
+    await _with_admin(url, create_if_none, settings)
 
 
-async def _with_admin(url: str, action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+async def _with_admin(
+    url: str, action: Callable[[asyncpg.Connection], Awaitable[T]], settings: Settings
+) -> T:
+    timeout = settings.db_connect_timeout_seconds
     try:
-        conn = await asyncpg.connect(url)
+        conn = await asyncpg.connect(url, timeout=timeout)
+    except TimeoutError:
+        raise CliError(
+            f"the database did not answer within {timeout:g} s "
+            "(GATE_DB_CONNECT_TIMEOUT_SECONDS). Check DATABASE_URL and that PostgreSQL is up."
+        ) from None
     except (OSError, asyncpg.PostgresError) as exc:
-        raise CliError(f"cannot connect to the database: {exc}") from None
+        raise CliError(
+            f"cannot connect to the database: {exc}. Check DATABASE_URL and that PostgreSQL is up."
+        ) from None
     try:
         return await action(conn)
     except asyncpg.UndefinedTableError:

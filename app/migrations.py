@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +57,6 @@ async def read_schema_state(database_url: str) -> SchemaState:
         return await schema_state(conn)
     finally:
         await conn.close()
-
-
-def check_schema(database_url: str) -> SchemaState:
-    return asyncio.run(read_schema_state(database_url))
 
 
 def _alembic_ini() -> Path:

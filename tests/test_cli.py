@@ -13,6 +13,7 @@ from app.migrations import head_revision
 from tests.conftest import empty_database
 from tests.fake_n8n import FakeN8n
 from tests.processes import Gateway, cli_env
+from tests.servers import blackhole_port, refusing_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,6 +72,28 @@ def test_bad_config_is_one_line_naming_the_setting(name: str, value: str) -> Non
     result = run_cli("migrate", env=cli_env(**{name: value}))
     assert result.returncode == 2
     assert result.stderr.startswith(f"n8n-gate: invalid setting {name}:"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "1"], ["migrate"], ["keys", "list"]])
+def test_a_database_that_refuses_is_one_clear_line(command: list[str]) -> None:
+    with refusing_port() as port:
+        env = cli_env(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/gate")
+        result = run_cli(*command, env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith("n8n-gate: cannot connect to the database:"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_database_that_does_not_answer_is_one_line_within_the_connect_timeout() -> None:
+    with blackhole_port() as port:
+        env = cli_env(
+            DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/gate",
+            GATE_DB_CONNECT_TIMEOUT_SECONDS="0.5",
+        )
+        result = run_cli("serve", "--port", "1", env=env, timeout=30)  # asyncpg's default: 60 s
+    assert result.returncode == 2
+    assert "did not answer within 0.5 s" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
