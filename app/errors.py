@@ -167,7 +167,9 @@ class ForwardFailed(GateError):
     """n8n gave no usable answer. `cause` is what the attempt records; `maybe_ran` is true when
     the request may have reached n8n (so the workflow may have run)."""
 
-    transient: ClassVar[bool] = True  # may go away by itself: async deliveries try again
+    # True when n8n ran the workflow and answered, only not usably: the problem the caller gets
+    # is then recorded as the execution's answer and replayed, and the workflow never runs again.
+    final: ClassVar[bool] = False
 
     def __init__(self, detail: str, *, cause: str, maybe_ran: bool) -> None:
         super().__init__(detail)
@@ -182,13 +184,13 @@ class N8nUnreachable(ForwardFailed):
 
 
 class N8nAnswerTooLarge(ForwardFailed):
-    """n8n's answer is over the gateway's limit. Running the workflow again gives the same answer,
-    so async deliveries do not retry it."""
+    """n8n's answer is over the gateway's limit: the workflow ran, and would give the same
+    answer again."""
 
     status_code = 502
     slug = "n8n-answer-too-large"
     title = "n8n's answer is too large"
-    transient = False
+    final = True
 
 
 class DatabaseUnavailable(GateError):

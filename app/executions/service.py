@@ -32,6 +32,7 @@ from app.batching import Batcher
 from app.config import Settings
 from app.delivery.backoff import Backoff, parse_retry_after
 from app.errors import (
+    PROBLEM_CONTENT_TYPE,
     DatabaseUnavailable,
     ExecutionInFlight,
     ExecutionNotFound,
@@ -41,6 +42,7 @@ from app.errors import (
     InFlightWithId,
     NotRetryable,
     OutcomeUnknown,
+    problem_response,
 )
 from app.executions import repo
 from app.executions.cache import CompletedExecutions
@@ -421,8 +423,10 @@ class ExecutionService:
             async with lease:
                 response = await self.n8n.forward(request, client_host=client_host)
         except ForwardFailed as exc:
+            if exc.final:
+                return await self._complete_with_problem(tenant_id, attempt, request, exc)
             outcome = _failure(exc)
-            retry_at = self._retry_at(attempt, outcome, None) if retry and exc.transient else None
+            retry_at = self._retry_at(attempt, outcome, None) if retry else None
             await self._record(tenant_id, attempt, outcome, retry_at=retry_at)
             raise
         outcome = self._outcome(response, rate_limit_retryable=retry)
@@ -433,6 +437,32 @@ class ExecutionService:
             content_type=response.content_type,
             headers=response.headers,
             body=response.body,
+            replayed=False,
+        )
+
+    async def _complete_with_problem(
+        self, tenant_id: UUID, attempt: repo.Attempt, request: TriggerRequest, error: ForwardFailed
+    ) -> GatewayAnswer:
+        """n8n ran it and answered, unusably: that problem is the answer, recorded and replayed."""
+        instance = f"/{request.mode}/{request.workflow_path}"
+        body = bytes(problem_response(error, instance=instance).body)
+        headers = [("Content-Type", PROBLEM_CONTENT_TYPE)]
+        outcome = repo.Outcome(
+            status="completed",
+            response_status=error.status_code,
+            response_content_type=PROBLEM_CONTENT_TYPE,
+            response_headers=headers,
+            response_body=body,
+            response_body_bytes=len(body),
+            error_type=error.cause,
+            error_detail=error.detail,
+        )
+        await self._record(tenant_id, attempt, outcome)
+        return GatewayAnswer(
+            status=error.status_code,
+            content_type=PROBLEM_CONTENT_TYPE,
+            headers=headers,
+            body=body,
             replayed=False,
         )
 

@@ -143,10 +143,10 @@ class N8nClient:
     def _no_answer(self, exc: NoAnswer) -> N8nUnreachable | N8nTimeout | N8nAnswerTooLarge:
         if exc.too_large:
             return N8nAnswerTooLarge(
-                f"n8n answered, so the workflow ran, but {exc} (GATE_N8N_MAX_ANSWER_BYTES) "
-                "and the gateway did not take it. Have the workflow answer with less (a link "
-                "to a file, say) or raise the limit. A retry with this key runs the workflow "
-                "again, unless GATE_UNKNOWN_OUTCOME=refuse.",
+                f"n8n ran the workflow, but {exc} (GATE_N8N_MAX_ANSWER_BYTES), so the gateway "
+                "did not take it. This answer is final for this key: the workflow does not run "
+                "again. Have it answer with less (a link to a file, say) or raise the limit, "
+                "then send a new key.",
                 cause="n8n-answer-too-large",
                 maybe_ran=True,
             )

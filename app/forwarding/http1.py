@@ -209,7 +209,7 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         if self._body_bytes > self._max_body_bytes:
-            self._fail(_too_large(self._max_body_bytes))
+            self._fail(_too_large(self._parser.get_status_code(), self._max_body_bytes))
             self.close()  # the rest of the body is not read at all
 
     def eof_received(self) -> bool:
@@ -303,6 +303,8 @@ def _decoded(
     encodings = [v.strip().lower() for k, v in headers if k.lower() == "content-encoding"]
     if len(encodings) == 1 and encodings[0] in ("gzip", "x-gzip", "deflate"):
         body = _decompress(body, encodings[0], max_body_bytes)
+        if len(body) > max_body_bytes:
+            raise _too_large(status, max_body_bytes, decoded=True)
         headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
     return Response(status=status, headers=headers, body=body)
 
@@ -317,16 +319,15 @@ def _decompress(body: bytes, encoding: str, max_bytes: int) -> bytes:
 
 
 def _inflate(body: bytes, wbits: int, max_bytes: int) -> bytes:
-    # Bounded: a few kilobytes of gzip can inflate to gigabytes.
+    """At most `max_bytes + 1` bytes of the decoded body: a few kilobytes of gzip can inflate
+    to gigabytes, and one byte more than the limit is enough to refuse it."""
     inflater = zlib.decompressobj(wbits)
     decoded = inflater.decompress(body, max_bytes + 1)
-    if len(decoded) > max_bytes:
-        raise _too_large(max_bytes, decoded=True)
-    if not inflater.eof:
+    if len(decoded) <= max_bytes and not inflater.eof:
         raise zlib.error("incomplete or truncated stream")
     return decoded
 
 
-def _too_large(max_bytes: int, *, decoded: bool = False) -> NoAnswer:
-    what = "decoded body" if decoded else "body"
-    return NoAnswer(f"the answer's {what} is larger than {max_bytes} bytes", too_large=True)
+def _too_large(status: int, max_bytes: int, *, decoded: bool = False) -> NoAnswer:
+    what = "once decoded " if decoded else ""
+    return NoAnswer(f"its answer ({status}) is {what}larger than {max_bytes} bytes", too_large=True)

@@ -89,39 +89,39 @@ async def test_a_failing_delivery_is_retried_with_backoff_until_it_succeeds(
     assert len(n8n.calls_for(key)) == 4
 
 
-@pytest.mark.parametrize(
-    ("path", "limits", "attempts", "error"),
-    [
-        # retried with backoff until the attempts run out
-        ("fail", {"retry_max_attempts": 3}, 3, "n8n-error"),
-        # n8n ran the workflow and would give the same answer again: retrying only repeats it
-        ("echo", {"n8n_max_answer_bytes": 10}, 1, "n8n-answer-too-large"),
-    ],
-    ids=["attempts-run-out", "answer-too-large"],
-)
-async def test_a_delivery_that_cannot_succeed_ends_as_a_dead_letter(
-    make_client: ClientFactory,
-    n8n: FakeN8n,
-    path: str,
-    limits: dict[str, int],
-    attempts: int,
-    error: str,
+async def test_when_attempts_run_out_the_execution_is_a_dead_letter(
+    make_client: ClientFactory, n8n: FakeN8n
 ) -> None:
     key = f"async-{uuid.uuid4()}"
     settings = {
         "retry_base_seconds": 0.05,
         "retry_cap_seconds": 0.1,
+        "retry_max_attempts": 3,
         "delivery_poll_seconds": 0.05,
-        **limits,
     }
     async with make_client(**settings) as client:
-        await client.post(f"/webhook/{path}", json={}, headers={**ASYNC, "Idempotency-Key": key})
+        await client.post("/webhook/fail", json={}, headers={**ASYNC, "Idempotency-Key": key})
         status = await until_status(client, key, "failed")
         listed = (await client.get("/v1/executions", params={"status": "failed"})).json()
-    assert (status["attempts"], status["next_attempt_at"]) == (attempts, None)
-    assert status["last_error"]["type"] == error  # type: ignore[index]
+    assert status["attempts"] == 3
+    assert status["last_error"]["type"] == "n8n-error"  # type: ignore[index]
     assert key in [item["key"] for item in listed["items"]]
-    assert len(n8n.calls_for(key)) == attempts
+    assert len(n8n.calls_for(key)) == 3
+
+
+async def test_an_answer_over_the_limit_ends_the_delivery_at_once(
+    make_client: ClientFactory, n8n: FakeN8n
+) -> None:
+    # n8n ran the workflow and would answer the same again: delivering again only repeats it.
+    key = f"async-{uuid.uuid4()}"
+    limits = {"n8n_max_answer_bytes": 10, "retry_base_seconds": 0.01, "retry_cap_seconds": 0.01}
+    async with make_client(delivery_poll_seconds=0.05, **limits) as client:
+        await client.post("/webhook/echo", json={}, headers={**ASYNC, "Idempotency-Key": key})
+        status = await until_status(client, key, "completed")
+    assert status["response"]["status_code"] == 502  # type: ignore[index]
+    assert (status["attempts"], status["next_attempt_at"]) == (1, None)
+    assert status["last_error"]["type"] == "n8n-answer-too-large"  # type: ignore[index]
+    assert len(n8n.calls_for(key)) == 1
 
 
 def test_backoff_is_full_jitter_under_an_exponential_cap_and_honours_retry_after() -> None:

@@ -198,20 +198,29 @@ async def test_a_large_answer_is_stored_truncated_but_the_caller_gets_it_whole(
     assert status["response"]["body_bytes"] == len(BINARY_BODY)  # type: ignore[index]
 
 
-async def test_an_answer_over_the_limit_is_502_and_an_unknown_outcome(
-    make_client: ClientFactory, n8n: FakeN8n
+@pytest.mark.parametrize("policy", ["retry", "refuse"])
+async def test_an_answer_over_the_limit_is_a_final_502_and_never_runs_again(
+    make_client: ClientFactory, n8n: FakeN8n, policy: str
 ) -> None:
     key = new_key()
     headers = {"Idempotency-Key": key}
-    async with make_client(n8n_max_answer_bytes=len(BINARY_BODY) - 1) as client:
-        response = await client.post("/webhook/binary", headers=headers)
-        problem = assert_problem(response, 502, "n8n-answer-too-large")
+    limit = len(BINARY_BODY) - 1
+    async with make_client(n8n_max_answer_bytes=limit, unknown_outcome=policy) as client:
+        first = await client.post("/webhook/binary", headers=headers)
+        problem = assert_problem(first, 502, "n8n-answer-too-large")
+        replay = await client.post("/webhook/binary", headers=headers)
         status = await status_of(client, key)
+    assert f"its answer (200) is larger than {limit} bytes" in problem["detail"]
     assert "GATE_N8N_MAX_ANSWER_BYTES" in problem["detail"]
-    assert response.headers["location"] == f"/v1/executions/{key}"
-    assert status["status"] == "failed"
+    assert first.headers["location"] == f"/v1/executions/{key}"
+    assert (replay.status_code, replay.content) == (502, first.content)
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert (status["status"], status["attempts"], status["outcome_unknown"]) == (
+        "completed",
+        1,
+        False,
+    )
     assert status["last_error"]["type"] == "n8n-answer-too-large"  # type: ignore[index]
-    assert status["outcome_unknown"] is True  # n8n ran it: GATE_UNKNOWN_OUTCOME decides
     assert len(n8n.calls_for(key)) == 1
 
 
