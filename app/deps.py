@@ -32,9 +32,13 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 async def get_tenant(
-    services: ServicesDep, authorization: Annotated[str | None, Header()] = None
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header()] = None,
+    n8n_gate_key: Annotated[str | None, Header()] = None,
 ) -> Tenant:
-    return await services.authenticator.authenticate(authorization)
+    return await services.authenticator.authenticate(
+        authorization=authorization, gate_key=n8n_gate_key
+    )
 
 
 CurrentTenant = Annotated[Tenant, Depends(get_tenant)]

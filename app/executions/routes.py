@@ -38,6 +38,7 @@ from app.executions.trigger import (
     parse_preferences,
     parse_webhook_path,
 )
+from app.tenants.service import GATE_KEY_HEADER
 
 TRIGGER_METHODS = ["POST", "PUT", "PATCH", "DELETE"]
 
@@ -164,6 +165,11 @@ def _trigger_operation(mode: Mode) -> dict[str, Any]:
             {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
             header("Idempotency-Key", True, "1-255 printable ASCII characters."),
             header("Prefer", False, "respond-async (202, delivered by the gateway) or wait=<s>."),
+            header(
+                "N8n-Gate-Key",
+                False,
+                "The API key, when Authorization is for n8n's webhook (then forwarded).",
+            ),
         ],
         "requestBody": {"content": {"*/*": {}}},
         "responses": {
@@ -190,7 +196,10 @@ async def _trigger(request: Request, *, mode: Mode) -> Response:
             headers={"Allow": ", ".join(TRIGGER_METHODS)},
         )
     services = await get_services(request)
-    tenant = await services.authenticator.authenticate(request.headers.get("authorization"))
+    tenant = await services.authenticator.authenticate(
+        authorization=request.headers.get("authorization"),
+        gate_key=request.headers.get(GATE_KEY_HEADER),
+    )
     workflow_path, forwarded_path = parse_webhook_path(_path_after(request, mode=mode))
     key = parse_idempotency_key(request.headers.getlist("idempotency-key"))
     trigger = TriggerRequest(

@@ -177,7 +177,10 @@ class ExecutionService:
         # Once claimed, the forward and its record must finish even if the client goes away.
         task = asyncio.create_task(
             self._run(
-                tenant_id=tenant.id, request=request, attempt=decided, client_host=client_host
+                tenant_id=tenant.id,
+                request=request,
+                attempt=decided,
+                headers=to_forward(request.headers, client_host=client_host),
             )
         )
         self._in_flight.add(task)
@@ -400,7 +403,7 @@ class ExecutionService:
                 tenant_id=delivery.tenant_id,
                 request=request,
                 attempt=attempt,
-                client_host=None,
+                headers=delivery.headers,  # chosen for n8n when the trigger was accepted
                 retry=True,
             )
 
@@ -410,18 +413,19 @@ class ExecutionService:
         tenant_id: UUID,
         request: TriggerRequest,
         attempt: repo.Attempt,
-        client_host: str | None,
+        headers: list[tuple[str, str]],
         retry: bool = False,
     ) -> GatewayAnswer:
-        """Forward while renewing the lease, then record. With `retry` (async deliveries) a
-        retryable failure is scheduled again with backoff instead of ending the execution."""
+        """Forward (with `headers`, what n8n gets) while renewing the lease, then record. With
+        `retry` (async deliveries) a retryable failure is scheduled again with backoff instead
+        of ending the execution."""
         lease = LeaseKeeper(
             lambda: self._renew_lease(tenant_id, attempt),
             interval_seconds=self.settings.lease_renew_seconds,
         )
         try:
             async with lease:
-                response = await self.n8n.forward(request, client_host=client_host)
+                response = await self.n8n.forward(request, headers=headers)
         except ForwardFailed as exc:
             if exc.final:
                 return await self._complete_with_problem(tenant_id, attempt, request, exc)

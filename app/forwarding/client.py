@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from app.errors import N8nAnswerTooLarge, N8nTimeout, N8nUnreachable
 from app.executions.trigger import TriggerRequest
-from app.forwarding.headers import NOT_REPLAYED, end_to_end, to_forward
+from app.forwarding.headers import NOT_REPLAYED, end_to_end
 from app.forwarding.http1 import NoAnswer, NotSent, Origin
 
 # Node's HTTP server (n8n) closes idle keep-alive connections after 5 s; reusing one it is
@@ -95,13 +95,16 @@ class N8nClient:
         query = f"?{request.query}" if request.query else ""
         return f"{self._base_path}/{request.mode}/{request.raw_path}{query}"
 
-    async def forward(self, request: TriggerRequest, *, client_host: str | None) -> N8nResponse:
+    async def forward(
+        self, request: TriggerRequest, *, headers: list[tuple[str, str]]
+    ) -> N8nResponse:
+        """Send `request` to n8n with `headers` (`to_forward` chose them from the client's)."""
         assert self._origin is not None, "N8nClient used outside its context"
         try:
             response = await self._origin.request(
                 request.method,
                 self.target_for(request),
-                to_forward(request.headers, client_host=client_host),
+                headers,
                 request.body,
                 connect_timeout=self._connect_timeout,
                 total_timeout=self._timeout,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from app.tenants.service import GATE_KEY_HEADER
+
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -22,11 +24,13 @@ HOP_BY_HOP = frozenset(
 # has the whole body before it forwards, so an Expect: 100-continue was met already).
 NOT_FORWARDED = HOP_BY_HOP | {
     "host",
-    "authorization",
+    GATE_KEY_HEADER.lower(),
     "content-length",
     "accept-encoding",
     "expect",
 }
+# When the API key came in Authorization rather than N8n-Gate-Key, that header was the gateway's.
+NOT_FORWARDED_WITH_KEY_IN_AUTHORIZATION = NOT_FORWARDED | {"authorization"}
 # Regenerated on every answer the gateway sends, so never recorded or replayed. (The client
 # decodes gzip and deflate bodies and drops their Content-Encoding; any other stays with its body.)
 NOT_REPLAYED = HOP_BY_HOP | {"content-length", "date", "server"}
@@ -53,8 +57,13 @@ def end_to_end(
 def to_forward(
     headers: Iterable[tuple[str, str]], *, client_host: str | None
 ) -> list[tuple[str, str]]:
-    """The headers n8n gets for a client's request: end-to-end ones, plus X-Forwarded-For."""
-    forwarded = end_to_end(headers, drop=NOT_FORWARDED)
+    """The headers n8n gets for a client's request: end-to-end ones, plus X-Forwarded-For.
+    Authorization carries the gateway's API key unless the client sent that in N8n-Gate-Key;
+    then it is the client's credential for n8n's webhook, and passes."""
+    pairs = list(headers)
+    key_apart = any(name.lower() == GATE_KEY_HEADER.lower() for name, _ in pairs)
+    drop = NOT_FORWARDED if key_apart else NOT_FORWARDED_WITH_KEY_IN_AUTHORIZATION
+    forwarded = end_to_end(pairs, drop=drop)
     if client_host:
         forwarded.append(("X-Forwarded-For", client_host))
     return forwarded

@@ -17,6 +17,9 @@ from app.errors import InvalidRequest, Unauthorized
 from app.tenants import repo
 
 KEY_PREFIX = "n8ng"
+# Where a caller puts the API key when Authorization belongs to n8n's webhook (its Basic, JWT
+# or Header Auth): then Authorization is forwarded like any other header.
+GATE_KEY_HEADER = "N8n-Gate-Key"
 KEY_PATTERN = re.compile(r"^n8ng_([0-9a-f]{12})_[A-Za-z0-9_-]{32,64}$")
 TENANT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -65,8 +68,10 @@ class Authenticator:
         self._cache_seconds = cache_seconds
         self._cache: dict[bytes, tuple[Tenant, float]] = {}
 
-    async def authenticate(self, authorization: str | None) -> Tenant:
-        api_key = _bearer_token(authorization)
+    async def authenticate(self, *, authorization: str | None, gate_key: str | None) -> Tenant:
+        """The tenant of the API key in `gate_key` (N8n-Gate-Key) when sent, else in
+        `authorization` (Bearer)."""
+        api_key = _bearer_token(authorization) if gate_key is None else gate_key.strip()
         digest = hash_key(api_key)
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > time.monotonic():
@@ -95,7 +100,8 @@ class Authenticator:
 def _bearer_token(authorization: str | None) -> str:
     if not authorization:
         raise Unauthorized(
-            "Send your API key as 'Authorization: Bearer <key>'. "
+            "Send your API key as 'Authorization: Bearer <key>' (or as 'N8n-Gate-Key: <key>' "
+            "when Authorization is for n8n's webhook). "
             "Create one with 'n8n-gate keys create --tenant NAME'.",
             headers={"WWW-Authenticate": 'Bearer realm="n8n-gate"'},
         )

@@ -280,5 +280,5 @@ async def test_the_openapi_schema_documents_the_trigger_paths(client: httpx.Asyn
         operations = paths[f"/{mode}/{{path}}"]
         assert sorted(operations) == ["delete", "patch", "post", "put"]
         headers = {p["name"] for p in operations["post"]["parameters"] if p["in"] == "header"}
-        assert headers == {"Idempotency-Key", "Prefer"}
+        assert headers == {"Idempotency-Key", "Prefer", "N8n-Gate-Key"}
     assert "/v1/executions/{key}" in paths

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
@@ -85,3 +86,38 @@ async def test_tenants_never_see_or_replay_each_others_executions(
         again_b = await gateway.post("/webhook/echo", json={"tenant": "b"}, headers=as_b)
         assert again_b.json()["received"] == {"tenant": "b"}
     assert len(n8n.calls_for(shared_key)) == 2
+
+
+@pytest.mark.parametrize("prefer", [None, "respond-async"])
+async def test_with_the_key_in_n8n_gate_key_authorization_reaches_n8n(
+    make_client: ClientFactory, api_key: str, n8n: FakeN8n, prefer: str | None
+) -> None:
+    # n8n's Basic, JWT and Header Auth webhooks read Authorization: it must pass through.
+    key = f"key-{uuid.uuid4()}"
+    headers = {"N8n-Gate-Key": api_key, "Authorization": "Basic dXNlcjpwYXNz"}
+    headers |= {"Idempotency-Key": key} | ({"Prefer": prefer} if prefer else {})
+    async with make_client(api_key=None, delivery_poll_seconds=0.05) as anonymous:
+        response = await anonymous.post("/webhook/echo", json={}, headers=headers)
+        assert response.status_code == (202 if prefer else 200), response.text
+        status = await anonymous.get(f"/v1/executions/{key}", headers={"N8n-Gate-Key": api_key})
+        assert status.status_code == 200
+        deadline = asyncio.get_running_loop().time() + 10
+        while not n8n.calls_for(key):  # an async trigger is delivered by the workers
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+    [call] = n8n.calls_for(key)
+    assert call.headers["authorization"] == "Basic dXNlcjpwYXNz"
+    assert "n8n-gate-key" not in call.headers
+
+
+async def test_a_wrong_n8n_gate_key_is_refused_whatever_authorization_holds(
+    make_client: ClientFactory, api_key: str, n8n: FakeN8n
+) -> None:
+    key = f"key-{uuid.uuid4()}"
+    headers = {"N8n-Gate-Key": "n8ng_000000000000_" + "x" * 43, "Idempotency-Key": key}
+    async with make_client(api_key=api_key) as client:  # a valid key in Authorization
+        response = await client.post("/webhook/echo", json={}, headers=headers)
+        assert_problem(response, 401, "unauthorized")
+        listed = await client.get("/v1/executions", headers={"N8n-Gate-Key": ""})
+        assert_problem(listed, 401, "unauthorized")
+    assert n8n.calls_for(key) == []
