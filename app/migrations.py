@@ -51,14 +51,6 @@ async def schema_state(conn: AnyConnection) -> SchemaState:
     return SchemaState(current=current, head=head_revision())
 
 
-async def read_schema_state(database_url: str) -> SchemaState:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return await schema_state(conn)
-    finally:
-        await conn.close()
-
-
 def _alembic_ini() -> Path:
     """alembic.ini beside the working directory (Docker, a checkout) or beside the package."""
     for candidate in (

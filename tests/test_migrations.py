@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 from alembic import command
 
 from app import migrations
 from tests.conftest import empty_database
 
 
+def read_schema_state(url: str) -> migrations.SchemaState:
+    async def read() -> migrations.SchemaState:
+        conn = await asyncpg.connect(url)
+        try:
+            return await migrations.schema_state(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
 def test_migrations_round_trip(database_url: str) -> None:
     with empty_database(database_url) as url:
         migrations.upgrade(url)
         command.downgrade(migrations.alembic_config(url), "base")
-        assert asyncio.run(migrations.read_schema_state(url)).current is None
+        assert read_schema_state(url).current is None
         migrations.upgrade(url)
-        state = asyncio.run(migrations.read_schema_state(url))
+        state = read_schema_state(url)
     assert state.is_current

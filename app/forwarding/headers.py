@@ -22,9 +22,10 @@ HOP_BY_HOP = frozenset(
 )
 # Set by the gateway itself, or meaningful only between the client and the gateway (which
 # has the whole body before it forwards, so an Expect: 100-continue was met already).
+_GATE_KEY = GATE_KEY_HEADER.lower()
 NOT_FORWARDED = HOP_BY_HOP | {
     "host",
-    GATE_KEY_HEADER.lower(),
+    _GATE_KEY,
     "content-length",
     "accept-encoding",
     "expect",
@@ -61,7 +62,7 @@ def to_forward(
     Authorization carries the gateway's API key unless the client sent that in N8n-Gate-Key;
     then it is the client's credential for n8n's webhook, and passes."""
     pairs = list(headers)
-    key_apart = any(name.lower() == GATE_KEY_HEADER.lower() for name, _ in pairs)
+    key_apart = any(name.lower() == _GATE_KEY for name, _ in pairs)
     drop = NOT_FORWARDED if key_apart else NOT_FORWARDED_WITH_KEY_IN_AUTHORIZATION
     forwarded = end_to_end(pairs, drop=drop)
     if client_host:
