@@ -132,12 +132,17 @@ class GatewayClient(httpx.AsyncClient):
 
 
 @asynccontextmanager
-async def gateway_client(settings: Settings, api_key: str | None) -> AsyncIterator[GatewayClient]:
-    """The real app with its lifespan (pool, n8n client), driven over HTTP in-process."""
+async def gateway_client(
+    settings: Settings, api_key: str | None, *, raise_app_exceptions: bool = True
+) -> AsyncIterator[GatewayClient]:
+    """The real app with its lifespan (pool, n8n client), driven over HTTP in-process. With
+    `raise_app_exceptions=False` the client gets the 500 a server would send for a bug."""
     app = create_app(settings)
     async with app.router.lifespan_context(app) as state:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        transport = httpx.ASGITransport(app=_with_lifespan_state(app, state))
+        transport = httpx.ASGITransport(
+            app=_with_lifespan_state(app, state), raise_app_exceptions=raise_app_exceptions
+        )
         async with GatewayClient(
             transport=transport, base_url="http://gate.test", headers=headers
         ) as client:

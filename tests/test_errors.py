@@ -1,0 +1,69 @@
+"""The edge's error handling: a bug is a problem+json 500 that tells the client nothing of it,
+and FastAPI's own errors come out as problem+json too."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from app.config import Settings
+from tests.conftest import GatewayClient, gateway_client
+from tests.problems import assert_problem
+
+SECRET = "connection string postgresql://admin:hunter2@db"
+
+
+class Bug(RuntimeError):
+    pass
+
+
+async def broken(**_: object) -> None:
+    raise Bug(SECRET)
+
+
+def assert_hidden_bug(
+    response: httpx.Response, caplog: pytest.LogCaptureFixture, *, instance: str
+) -> None:
+    """A 500 that says nothing of the bug, while the log has it with its traceback."""
+    problem = assert_problem(response, 500, "internal-error")
+    assert problem["instance"] == instance
+    assert SECRET not in response.text
+    assert "Traceback" not in response.text
+    assert any(record.exc_info and SECRET in str(record.exc_info[1]) for record in caplog.records)
+
+
+@pytest.fixture
+async def server_client(settings: Settings, api_key: str) -> AsyncIterator[GatewayClient]:
+    async with gateway_client(settings, api_key, raise_app_exceptions=False) as client:
+        yield client
+
+
+async def test_a_bug_behind_an_api_route_is_a_500_without_its_details(
+    server_client: GatewayClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(server_client.services.executions, "get", broken)
+    with caplog.at_level(logging.ERROR):
+        response = await server_client.get("/v1/executions/some-key")
+    assert_hidden_bug(response, caplog, instance="/v1/executions/some-key")
+
+
+async def test_a_bug_on_the_trigger_path_is_a_500_without_its_details(
+    server_client: GatewayClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(server_client.services.executions, "trigger", broken)
+    with caplog.at_level(logging.ERROR):
+        response = await server_client.post(
+            "/webhook/orders", headers={"Idempotency-Key": "bug-1"}, content=b"{}"
+        )
+    assert_hidden_bug(response, caplog, instance="/webhook/orders")
+
+
+async def test_a_method_an_api_route_does_not_take_is_a_405_naming_the_allowed_ones(
+    server_client: GatewayClient,
+) -> None:
+    response = await server_client.delete("/v1/executions")
+    assert_problem(response, 405, "method-not-allowed")
+    assert response.headers["allow"] == "GET"
