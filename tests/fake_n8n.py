@@ -12,6 +12,9 @@ Registered production webhooks (method, path → behaviour):
     POST missing-order "Respond to Webhook" node answering a workflow-level 404
     GET  lookup        only GET is registered: other methods get n8n's "did you mean" 404
 Test webhooks (/webhook-test/...): echo only. Anything else: n8n's "not registered" 404.
+
+`ProxyInFront` stands in for a reverse proxy that fails every call with one status (nginx's
+504 when n8n is too slow, Cloudflare's 524).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 BINARY_BODY = bytes(range(256)) * 4
@@ -222,3 +225,18 @@ def _did_you_mean(method: str, registered: str) -> Response:
         },
         status_code=404,
     )
+
+
+class ProxyInFront:
+    """A reverse proxy in front of n8n that fails every call with `status`, as nginx does."""
+
+    def __init__(self, status: int) -> None:
+        self.keys: list[str | None] = []  # of each call, as other tests' deliveries come too
+        self.app = Starlette(routes=[Route("/webhook/{path:path}", self._fail, methods=["POST"])])
+        self._status = status
+
+    async def _fail(self, request: Request) -> Response:
+        self.keys.append(request.headers.get("idempotency-key"))
+        await request.body()
+        page = f"<html><head><title>{self._status}</title></head></html>"
+        return HTMLResponse(page, status_code=self._status)

@@ -14,7 +14,7 @@ import pytest
 
 from app.delivery.backoff import Backoff, parse_retry_after
 from tests.conftest import ClientFactory
-from tests.fake_n8n import FakeN8n
+from tests.fake_n8n import FakeN8n, ProxyInFront
 from tests.problems import assert_problem
 from tests.servers import bound_socket, serve_in_thread
 
@@ -122,6 +122,30 @@ async def test_an_answer_over_the_limit_ends_the_delivery_at_once(
     assert (status["attempts"], status["next_attempt_at"]) == (1, None)
     assert status["last_error"]["type"] == "n8n-answer-too-large"  # type: ignore[index]
     assert len(n8n.calls_for(key)) == 1
+
+
+@pytest.mark.parametrize(("policy", "deliveries"), [("retry", 2), ("refuse", 1)])
+async def test_a_delivery_that_may_have_run_is_repeated_only_under_retry(
+    make_client: ClientFactory, policy: str, deliveries: int
+) -> None:
+    # A proxy's 504: n8n had the trigger and may still be running it. At-most-once (refuse)
+    # ends the execution there, for the operator to check in n8n.
+    proxy = ProxyInFront(504)
+    key = f"async-{uuid.uuid4()}"
+    settings = {
+        "unknown_outcome": policy,
+        "retry_max_attempts": 2,
+        "retry_base_seconds": 0.01,
+        "retry_cap_seconds": 0.02,
+        "delivery_poll_seconds": 0.05,
+    }
+    with serve_in_thread(proxy.app) as url:
+        async with make_client(n8n_base_url=url, **settings) as client:
+            await client.post("/webhook/long", json={}, headers={**ASYNC, "Idempotency-Key": key})
+            status = await until_status(client, key, "failed")
+    assert (status["attempts"], status["next_attempt_at"]) == (deliveries, None)
+    assert status["outcome_unknown"] is True
+    assert proxy.keys.count(key) == deliveries
 
 
 def test_backoff_is_full_jitter_under_an_exponential_cap_and_honours_retry_after() -> None:

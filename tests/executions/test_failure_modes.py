@@ -8,13 +8,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
 
 from tests.conftest import ClientFactory
-from tests.fake_n8n import BINARY_BODY, FakeN8n
+from tests.fake_n8n import BINARY_BODY, FakeN8n, ProxyInFront
 from tests.problems import assert_problem
 from tests.servers import blackhole_port, serve_in_thread
 
@@ -137,21 +133,6 @@ async def test_a_refused_connection_is_retried_even_under_the_refuse_policy(
     async with make_client(unknown_outcome="refuse") as up:
         assert (await up.post("/webhook/echo", json={}, headers=headers)).status_code == 200
     assert len(n8n.calls_for(key)) == 1
-
-
-class ProxyInFront:
-    """A reverse proxy in front of n8n that fails every call with `status`, as nginx does."""
-
-    def __init__(self, status: int) -> None:
-        self.keys: list[str | None] = []  # of each call, as other tests' deliveries come too
-        self.app = Starlette(routes=[Route("/webhook/{path:path}", self._fail, methods=["POST"])])
-        self._status = status
-
-    async def _fail(self, request: Request) -> Response:
-        self.keys.append(request.headers.get("idempotency-key"))
-        await request.body()
-        page = f"<html><head><title>{self._status}</title></head></html>"
-        return HTMLResponse(page, status_code=self._status)
 
 
 @pytest.mark.parametrize(
