@@ -22,12 +22,18 @@ ASYNC = {"Prefer": "respond-async"}
 
 
 async def until_status(
-    client: httpx.AsyncClient, key: str, status: str, *, within: float = 10.0
+    client: httpx.AsyncClient,
+    key: str,
+    status: str,
+    *,
+    attempts: int | None = None,
+    within: float = 10.0,
 ) -> dict[str, object]:
+    """Poll until the execution has `status` (after `attempts` attempts, when given)."""
     deadline = time.monotonic() + within
     while True:
         body: dict[str, object] = (await client.get(f"/v1/executions/{key}")).json()
-        if body.get("status") == status:
+        if body.get("status") == status and attempts in (None, body.get("attempts")):
             return body
         assert time.monotonic() < deadline, f"{key} stayed {body.get('status')}"
         await asyncio.sleep(0.02)
@@ -146,6 +152,24 @@ async def test_a_delivery_that_may_have_run_is_repeated_only_under_retry(
     assert (status["attempts"], status["next_attempt_at"]) == (deliveries, None)
     assert status["outcome_unknown"] is True
     assert proxy.keys.count(key) == deliveries
+
+
+async def test_an_operator_can_put_back_a_delivery_that_may_have_run(
+    make_client: ClientFactory,
+) -> None:
+    # Under refuse it stops as a dead letter; once n8n shows it did not run, it goes back.
+    proxy = ProxyInFront(524)
+    key = f"async-{uuid.uuid4()}"
+    settings = {"unknown_outcome": "refuse", "delivery_poll_seconds": 0.05}
+    with serve_in_thread(proxy.app) as url:
+        async with make_client(n8n_base_url=url, **settings) as client:
+            await client.post("/webhook/long", json={}, headers={**ASYNC, "Idempotency-Key": key})
+            await until_status(client, key, "failed")
+            requeued = await client.post(f"/v1/executions/{key}/retry")
+            status = await until_status(client, key, "failed", attempts=2)
+    assert requeued.status_code == 202, requeued.text
+    assert status["outcome_unknown"] is True
+    assert proxy.keys.count(key) == 2
 
 
 def test_backoff_is_full_jitter_under_an_exponential_cap_and_honours_retry_after() -> None:
