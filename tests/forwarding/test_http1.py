@@ -243,6 +243,24 @@ async def test_other_encodings_keep_their_header_with_the_body(
     assert (response.body, header(response, "content-encoding")) == (b"\x0b\x01\x80", "br")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b"not gzip at all", gzip.compress(b'{"cut":"short"}')[:-6]],
+    ids=["garbage", "truncated"],
+)
+async def test_an_undecodable_compressed_answer_is_no_answer_and_its_connection_dropped(
+    serve: RawServerFactory, origins: OriginFactory, body: bytes
+) -> None:
+    server = await serve(Answer(with_length(body, encoding="gzip")), Answer(OK))
+    origin = origins(server.url)
+    with pytest.raises(NoAnswer, match="undecodable compressed answer") as caught:
+        await post(origin)
+    assert not caught.value.too_large
+    assert not caught.value.timed_out
+    assert (await post(origin)).body == b'{"ok":true}'
+    assert server.connections == 2
+
+
 def with_length(body: bytes, *, encoding: str | None = None) -> bytes:
     coding = f"Content-Encoding: {encoding}\r\n" if encoding else ""
     head = f"HTTP/1.1 200 OK\r\n{coding}Content-Length: {len(body)}\r\n\r\n"
