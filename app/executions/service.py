@@ -20,11 +20,11 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 from app import db
@@ -169,23 +169,33 @@ class ExecutionService:
         if cached is not None and self._should_replay(cached, request):
             return replay_answer(cached)
         decided = await self._decide_waiting(
-            tenant=tenant, request=request, wait_seconds=wait_seconds
+            tenant=tenant, request=request, client_host=client_host, wait_seconds=wait_seconds
         )
         if isinstance(decided, repo.ExecutionRow):  # completed: replay it
             self._completed.put(tenant.id, decided)
             return replay_answer(decided)
-        # Once claimed, the forward and its record must finish even if the client goes away.
+        return await asyncio.shield(self._start_run(tenant, request, decided, client_host))
+
+    def _start_run(
+        self,
+        tenant: Tenant,
+        request: TriggerRequest,
+        attempt: repo.Attempt,
+        client_host: str | None,
+    ) -> asyncio.Task[GatewayAnswer]:
+        """Forward and record a claimed attempt in a task of its own: once claimed, it must
+        finish even if the client goes away (shutdown waits for it)."""
         task = asyncio.create_task(
             self._run(
                 tenant_id=tenant.id,
                 request=request,
-                attempt=decided,
+                attempt=attempt,
                 headers=to_forward(request.headers, client_host=client_host),
             )
         )
         self._in_flight.add(task)
         task.add_done_callback(self._forget)
-        return await asyncio.shield(task)
+        return task
 
     def _forget(self, task: asyncio.Task[GatewayAnswer]) -> None:
         self._in_flight.discard(task)
@@ -258,10 +268,15 @@ class ExecutionService:
         return Page(items=items, next_before_id=items[-1].id if more else None)
 
     async def _decide_waiting(
-        self, *, tenant: Tenant, request: TriggerRequest, wait_seconds: int
+        self,
+        *,
+        tenant: Tenant,
+        request: TriggerRequest,
+        client_host: str | None,
+        wait_seconds: int,
     ) -> repo.Attempt | repo.ExecutionRow:
         try:
-            return await self._claim_or_decide(tenant=tenant, request=request)
+            return await self._claim_or_decide(tenant, request, client_host)
         except InFlightWithId as first:
             if wait_seconds <= 0:
                 raise
@@ -276,7 +291,7 @@ class ExecutionService:
                         conn, tenant_id=tenant.id, execution_id=in_flight.execution_id
                     )
                 try:
-                    return await self._claim_or_decide(tenant=tenant, request=request)
+                    return await self._claim_or_decide(tenant, request, client_host)
                 except InFlightWithId as again:
                     in_flight = again
                 with contextlib.suppress(TimeoutError):
@@ -284,9 +299,39 @@ class ExecutionService:
         raise in_flight
 
     async def _claim_or_decide(
+        self, tenant: Tenant, request: TriggerRequest, client_host: str | None
+    ) -> repo.Attempt | repo.ExecutionRow:
+        """Claim the key (the attempt taken), or return the completed row to replay, or raise.
+
+        The decision runs on if the caller is cancelled meanwhile, and a claim it won is run
+        then, as it would have been a moment later: a claim left alone would hold the key
+        until its lease ran out. (uvicorn lets a request run on when its client leaves; an
+        in-process caller or another server may cancel it.)"""
+        decision = asyncio.ensure_future(self._claim_rounds(tenant=tenant, request=request))
+        try:
+            return await asyncio.shield(decision)
+        except asyncio.CancelledError:
+            self._in_background(self._run_orphaned(decision, tenant, request, client_host))
+            raise
+
+    async def _run_orphaned(
+        self,
+        decision: asyncio.Future[repo.Attempt | repo.ExecutionRow],
+        tenant: Tenant,
+        request: TriggerRequest,
+        client_host: str | None,
+    ) -> None:
+        try:
+            decided = await decision
+        except GateError:
+            return  # refused, or the database went away (the claim is released then)
+        if isinstance(decided, repo.Attempt):
+            with contextlib.suppress(ForwardFailed):
+                await self._start_run(tenant, request, decided, client_host)
+
+    async def _claim_rounds(
         self, *, tenant: Tenant, request: TriggerRequest
     ) -> repo.Attempt | repo.ExecutionRow:
-        """Claim the key (the attempt taken), or return the completed row to replay, or raise."""
         for _ in range(MAX_DECISION_ROUNDS):
             # A fresh owner per claim: if the connection drops mid-claim, the claim may have
             # committed unseen, and this token lets it be released once the database is back.
@@ -579,7 +624,11 @@ class ExecutionService:
                     return
             logger.error("gave up trying to %s: the database stayed unreachable", what)
 
-        task = asyncio.create_task(until_done())
+        self._in_background(until_done())
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in a task that shutdown waits for."""
+        task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

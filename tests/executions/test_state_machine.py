@@ -6,9 +6,12 @@ import asyncio
 import time
 import uuid
 from collections import Counter
+from typing import Any
 
 import httpx
+import pytest
 
+from app.executions import repo
 from tests.conftest import ClientFactory
 from tests.fake_n8n import FakeN8n
 from tests.problems import assert_problem
@@ -183,3 +186,44 @@ async def test_a_failed_answer_stays_visible_in_the_status(client: httpx.AsyncCl
     status = await status_of(client, key)
     assert status["response"]["status_code"] == 500  # type: ignore[index]
     assert status["response"]["body"] == '{"message":"Error in workflow"}'  # type: ignore[index]
+
+
+async def test_a_claim_won_for_a_caller_that_went_away_still_runs(
+    make_client: ClientFactory, n8n: FakeN8n, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # uvicorn lets a request run on when its client leaves, but an in-process caller (or
+    # another server) cancels it, here in the middle of the claim. A claim it won must not
+    # hold the key until its lease runs out: it runs, as it would have a moment later.
+    key = new_key()
+    claiming, go_on = asyncio.Event(), asyncio.Event()
+    claim_many = repo.claim_many
+
+    async def paused(*args: Any, **kwargs: Any) -> Any:
+        claiming.set()
+        await go_on.wait()
+        return await claim_many(*args, **kwargs)
+
+    monkeypatch.setattr(repo, "claim_many", paused)
+    headers = {"Idempotency-Key": key}
+    async with make_client() as client:
+        caller = asyncio.create_task(client.post("/webhook/echo", json={}, headers=headers))
+        await claiming.wait()
+        caller.cancel()
+        go_on.set()
+        await wait_for_calls(n8n, key, 1)
+        status = await until_status(client, key, "completed")
+        replay = await client.post("/webhook/echo", json={}, headers=headers)
+    assert caller.cancelled()
+    assert status["attempts"] == 1
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert len(n8n.calls_for(key)) == 1
+
+
+async def until_status(
+    client: httpx.AsyncClient, key: str, status: str, *, within: float = 5.0
+) -> dict[str, object]:
+    deadline = time.monotonic() + within
+    while (body := await status_of(client, key))["status"] != status:
+        assert time.monotonic() < deadline, f"{key} stayed {body['status']}"
+        await asyncio.sleep(0.01)
+    return body
