@@ -9,10 +9,17 @@ from contextlib import asynccontextmanager
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 
+class _Link:
+    """One proxied connection; a silent one swallows what either side sends."""
+
+    silent = False
+
+
 class DatabaseProxy:
     def __init__(self, upstream_url: str) -> None:
         self._upstream = urlsplit(upstream_url)
         self._connections: set[asyncio.StreamWriter] = set()
+        self._links: set[_Link] = set()
         self.down = False
         self.stalled = False
         self.port = 0
@@ -38,6 +45,12 @@ class DatabaseProxy:
         self.cut()
         self.down, self.stalled = False, True
 
+    def silence(self) -> None:
+        """Keep the open connections open but carry nothing more on them, as a NAT or firewall
+        that dropped an idle connection does; new connections work."""
+        for link in self._links:
+            link.silent = True
+
     def restore(self) -> None:
         self.down = self.stalled = False
 
@@ -59,9 +72,12 @@ class DatabaseProxy:
             writer.close()
             return
         up_reader, up_writer = await self._open_upstream()
+        link = _Link()
         self._connections.update({writer, up_writer})
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        self._links.add(link)
+        await asyncio.gather(_pipe(reader, up_writer, link), _pipe(up_reader, writer, link))
         self._connections.difference_update({writer, up_writer})
+        self._links.discard(link)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[DatabaseProxy]:
@@ -74,9 +90,11 @@ class DatabaseProxy:
                 self.cut()
 
 
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, link: _Link) -> None:
     with contextlib.suppress(ConnectionError, OSError):
         while data := await source.read(65536):
+            if link.silent:
+                continue
             sink.write(data)
             await sink.drain()
     sink.close()

@@ -3,7 +3,10 @@
 One LISTEN connection per process hears `n8n_gate_execution_finished`, which the database sends
 when any process records an outcome. If that connection drops, every waiter is woken (it then
 re-reads the execution) and the listener reconnects, so a lost notification costs a re-read,
-never a missed wake-up.
+never a missed wake-up. A connection can also die without a word: a NAT or firewall that drops
+an idle flow (AWS's NAT gateway after 350 s, Azure's load balancer after 4 min) tells neither
+side until one of them sends, and notifications just stop. So an idle listener sends a query every
+`HEARTBEAT_SECONDS`, which keeps such a flow alive and finds a dead one.
 """
 
 from __future__ import annotations
@@ -27,12 +30,16 @@ CHANNEL = "n8n_gate_execution_finished"
 # `on_delivery_due`, so one LISTEN connection serves both.
 DELIVERY_CHANNEL = "n8n_gate_delivery_due"
 RECONNECT_SECONDS = 1.0
+HEARTBEAT_SECONDS = 30.0
 
 
 class FinishedExecutions:
-    def __init__(self, dsn: str, *, connect_timeout: float) -> None:
+    def __init__(
+        self, dsn: str, *, connect_timeout: float, heartbeat_seconds: float = HEARTBEAT_SECONDS
+    ) -> None:
         self._dsn = dsn
         self._connect_timeout = connect_timeout
+        self._heartbeat_seconds = heartbeat_seconds
         self._waiters: defaultdict[tuple[UUID, int], set[asyncio.Future[None]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self.on_delivery_due: Callable[[], None] | None = None
@@ -86,10 +93,21 @@ class FinishedExecutions:
             await conn.add_listener(CHANNEL, self._on_notification)
             await conn.add_listener(DELIVERY_CHANNEL, self._on_delivery_due)
             self._wake_all()  # anything that finished while we were not listening
-            await closed.wait()
+            while not closed.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(closed.wait(), self._heartbeat_seconds)
+                    return
+                await self._heartbeat(conn)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(conn.close(timeout=2))
+
+    async def _heartbeat(self, conn: asyncpg.Connection) -> None:
+        try:
+            await conn.execute("SELECT 1", timeout=self._connect_timeout)
+        except TimeoutError:
+            conn.terminate()  # closing politely would wait on the dead connection too
+            raise
 
     def _on_notification(
         self,
