@@ -14,29 +14,12 @@ import pytest
 
 from app.delivery.backoff import Backoff, parse_retry_after
 from tests.conftest import ClientFactory
+from tests.executions_api import until_status
 from tests.fake_n8n import FakeN8n, ProxyInFront
 from tests.problems import assert_problem
 from tests.servers import bound_socket, serve_in_thread
 
 ASYNC = {"Prefer": "respond-async"}
-
-
-async def until_status(
-    client: httpx.AsyncClient,
-    key: str,
-    status: str,
-    *,
-    attempts: int | None = None,
-    within: float = 10.0,
-) -> dict[str, object]:
-    """Poll until the execution has `status` (after `attempts` attempts, when given)."""
-    deadline = time.monotonic() + within
-    while True:
-        body: dict[str, object] = (await client.get(f"/v1/executions/{key}")).json()
-        if body.get("status") == status and attempts in (None, body.get("attempts")):
-            return body
-        assert time.monotonic() < deadline, f"{key} stayed {body.get('status')}"
-        await asyncio.sleep(0.02)
 
 
 async def test_an_async_trigger_is_accepted_then_delivered_once(

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from tests.conftest import ClientFactory
+from tests.executions_api import new_key, status_of
 from tests.fake_n8n import BINARY_BODY, FakeN8n, ProxyInFront
 from tests.problems import assert_problem
 from tests.servers import blackhole_port, serve_in_thread
-
-
-def new_key() -> str:
-    return f"key-{uuid.uuid4()}"
-
-
-async def status_of(client: httpx.AsyncClient, key: str) -> dict[str, object]:
-    response = await client.get(f"/v1/executions/{key}")
-    assert response.status_code == 200, response.text
-    body: dict[str, object] = response.json()
-    return body
 
 
 @pytest.fixture

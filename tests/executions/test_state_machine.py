@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections import Counter
 from typing import Any
 
@@ -13,12 +12,9 @@ import pytest
 
 from app.executions import repo
 from tests.conftest import ClientFactory
+from tests.executions_api import new_key, status_of, until_status
 from tests.fake_n8n import FakeN8n
 from tests.problems import assert_problem
-
-
-def new_key() -> str:
-    return f"key-{uuid.uuid4()}"
 
 
 async def wait_for_calls(n8n: FakeN8n, key: str, count: int, *, within: float = 5.0) -> None:
@@ -26,13 +22,6 @@ async def wait_for_calls(n8n: FakeN8n, key: str, count: int, *, within: float = 
     while len(n8n.calls_for(key)) < count:
         assert time.monotonic() < deadline, f"n8n saw {len(n8n.calls_for(key))} calls for {key}"
         await asyncio.sleep(0.005)
-
-
-async def status_of(client: httpx.AsyncClient, key: str) -> dict[str, object]:
-    response = await client.get(f"/v1/executions/{key}")
-    assert response.status_code == 200, response.text
-    body: dict[str, object] = response.json()
-    return body
 
 
 async def test_a_retry_while_the_first_runs_gets_409_then_the_replay(
@@ -217,13 +206,3 @@ async def test_a_claim_won_for_a_caller_that_went_away_still_runs(
     assert status["attempts"] == 1
     assert replay.headers["idempotent-replayed"] == "true"
     assert len(n8n.calls_for(key)) == 1
-
-
-async def until_status(
-    client: httpx.AsyncClient, key: str, status: str, *, within: float = 5.0
-) -> dict[str, object]:
-    deadline = time.monotonic() + within
-    while (body := await status_of(client, key))["status"] != status:
-        assert time.monotonic() < deadline, f"{key} stayed {body['status']}"
-        await asyncio.sleep(0.01)
-    return body
