@@ -82,9 +82,12 @@ class FinishedExecutions:
             await asyncio.sleep(RECONNECT_SECONDS)
 
     async def _listen_once(self) -> None:
+        # Every command is bounded too (LISTEN, the heartbeat): on a connection gone silent
+        # any of them would otherwise wait forever.
         conn = await asyncpg.connect(
             self._dsn,
             timeout=self._connect_timeout,
+            command_timeout=self._connect_timeout,
             server_settings={"application_name": "n8n-gate"},
         )
         closed = asyncio.Event()
@@ -97,17 +100,13 @@ class FinishedExecutions:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(closed.wait(), self._heartbeat_seconds)
                     return
-                await self._heartbeat(conn)
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(conn.close(timeout=2))
-
-    async def _heartbeat(self, conn: asyncpg.Connection) -> None:
-        try:
-            await conn.execute("SELECT 1", timeout=self._connect_timeout)
+                await conn.execute("SELECT 1")
         except TimeoutError:
             conn.terminate()  # closing politely would wait on the dead connection too
             raise
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(conn.close(timeout=2))
 
     def _on_notification(
         self,

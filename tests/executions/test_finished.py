@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -54,3 +55,29 @@ async def test_a_listen_connection_gone_silent_is_found_and_its_waiters_woken(
             await asyncio.wait_for(woken, 5)  # woken to read the execution again
         # and it listens again on a new connection
         await asyncio.wait_for(woken_by_notify(finished, database_url, 3), 5)
+
+
+async def test_a_connection_gone_silent_while_it_starts_listening_is_found_too(
+    database_url: str, proxy: DatabaseProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Silent between its two LISTENs: the second would wait forever for its answer (CI hit
+    # this once in the test above, when a notification came in between).
+    listens = 0
+    listening_again = asyncio.Event()  # both LISTENs again, on a new connection
+    add_listener = asyncpg.Connection.add_listener
+
+    async def counted(conn: asyncpg.Connection, *args: Any) -> None:
+        nonlocal listens
+        listens += 1
+        if listens == 2:
+            proxy.silence()
+        await add_listener(conn, *args)
+        if listens == 4:
+            listening_again.set()
+
+    monkeypatch.setattr(asyncpg.Connection, "add_listener", counted)
+    listener = FinishedExecutions(proxy.url, connect_timeout=0.5, heartbeat_seconds=0.2)
+    async with listener as finished:
+        async with finished.subscription(TENANT, 4) as woken:
+            await asyncio.wait_for(woken, 5)  # woken when the LISTEN timed out
+        await asyncio.wait_for(listening_again.wait(), 5)
