@@ -267,8 +267,7 @@ class _Connection(asyncio.Protocol):
             response = _decoded(
                 self._parser.get_status_code(), self._headers, body, self._max_body_bytes
             )
-        except zlib.error as exc:
-            self.keep_alive = False
+        except zlib.error as exc:  # the failed exchange closes the connection
             answer.set_exception(NoAnswer(f"undecodable compressed answer ({exc})"))
             return
         except NoAnswer as exc:
