@@ -17,6 +17,7 @@ from app import migrations
 from app.config import ConfigError, Settings, load_settings
 from app.embedded import EmbeddedUnavailable, start_embedded
 from app.errors import GateError
+from app.logs import log_config
 from app.tenants import repo as tenants_repo
 from app.tenants.service import create_key
 
@@ -93,9 +94,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             host=args.host,
             port=args.port,
             workers=args.workers,
-            proxy_headers=True,
+            # The gateway reads forwarded headers itself (GATE_TRUSTED_PROXIES), and needs
+            # the real peer to append it to X-Forwarded-For.
+            proxy_headers=False,
             server_header=False,
             access_log=settings.access_log,
+            log_config=log_config(settings.log_level),
         )
     return 0
 

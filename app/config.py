@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import ipaddress
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -32,8 +33,12 @@ class Settings(BaseSettings):
     n8n_timeout_seconds: float = Field(default=300.0, gt=0)
     n8n_max_connections: int = Field(default=100, ge=1)
     n8n_max_answer_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    n8n_startup_wait_seconds: float = Field(default=15.0, ge=0)
 
     access_log: bool = True
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Peers whose X-Forwarded-Proto / -Host are believed: "10.0.0.0/8,127.0.0.1". Empty: none.
+    trusted_proxies: str = ""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     lease_seconds: float = Field(default=30.0, gt=0)
     lease_renew_seconds: float = Field(default=10.0, gt=0)
@@ -67,11 +72,38 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        try:
+            parse_networks(value)
+        except ValueError as exc:
+            raise ValueError(f"must be IP addresses or networks, comma-separated ({exc})") from None
+        return value
+
+    @cached_property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return parse_networks(self.trusted_proxies)
+
+    @field_validator("n8n_base_url")
+    @classmethod
+    def _no_credentials(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        if value.username or value.password:
+            raise ValueError(
+                "must not hold a user or password: the gateway forwards each caller's own "
+                "Authorization to n8n (put n8n's webhook credentials in the workflow instead)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _renew_before_expiry(self) -> Settings:
         if self.lease_renew_seconds >= self.lease_seconds:
             raise ValueError("GATE_LEASE_RENEW_SECONDS must be shorter than GATE_LEASE_SECONDS")
         return self
+
+
+def parse_networks(value: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(part.strip()) for part in value.split(",") if part.strip()]
 
 
 class ConfigError(Exception):

@@ -17,6 +17,7 @@ GateError                       every error a client may see
 ├── N8nUnreachable              502
 ├── N8nAnswerTooLarge           502
 ├── DatabaseUnavailable         503
+├── N8nStarting                 503
 └── N8nTimeout                  504
 """
 
@@ -197,6 +198,18 @@ class DatabaseUnavailable(GateError):
     status_code = 503
     slug = "database-unavailable"
     title = "Database unavailable"
+
+
+class N8nStarting(ForwardFailed):
+    """n8n answered with its own start-up pages until the wait ran out: nothing ran."""
+
+    status_code = 503
+    slug = "n8n-starting"
+    title = "n8n is starting"
+
+    def __init__(self, detail: str, *, cause: str, maybe_ran: bool) -> None:
+        super().__init__(detail, cause=cause, maybe_ran=maybe_ran)
+        self.headers.setdefault("Retry-After", "5")
 
 
 class N8nTimeout(ForwardFailed):

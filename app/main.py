@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     timeout=settings.n8n_timeout_seconds,
                     max_connections=settings.n8n_max_connections,
                     max_answer_bytes=settings.n8n_max_answer_bytes,
+                    startup_wait_seconds=settings.n8n_startup_wait_seconds,
                 ) as n8n,
                 FinishedExecutions(
                     str(settings.database_url), connect_timeout=settings.db_connect_timeout_seconds

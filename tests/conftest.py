@@ -30,6 +30,8 @@ from app.embedded import EmbeddedPostgres, start_embedded
 from app.main import create_app
 from app.tenants.service import create_key
 from tests.fake_n8n import FakeN8n
+from tests.real_n8n import RealN8n
+from tests.real_n8n import install as real_n8n_install
 from tests.servers import refusing_port, serve_in_thread
 
 
@@ -106,6 +108,8 @@ def gate_settings(database_url: str, n8n_base_url: str, **overrides: object) -> 
         "DATABASE_URL": database_url,
         "N8N_BASE_URL": n8n_base_url,
         "db_pool_min_size": 1,
+        # Fail at once when n8n is not there; the start-up tests set their own wait.
+        "n8n_startup_wait_seconds": 0,
         **overrides,
     }
     return load_settings(_env_file=None, **values)
@@ -189,3 +193,16 @@ def make_client(database_url: str, fake_n8n: tuple[FakeN8n, str], api_key: str) 
 def unreachable_n8n_url() -> Iterator[str]:
     with refusing_port() as port:
         yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def real_n8n(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealN8n]:
+    """A real n8n (scripts/install-n8n), started once for the session; tests that restart it
+    leave it running. Its install failing fails the tests that need it: nothing is skipped."""
+    n8n = RealN8n(real_n8n_install(), tmp_path_factory.mktemp("n8n-home"))
+    n8n.import_workflows()
+    n8n.start()
+    try:
+        yield n8n
+    finally:
+        n8n.stop()

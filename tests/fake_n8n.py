@@ -10,8 +10,21 @@ Registered production webhooks (method, path → behaviour):
     POST binary        200 application/octet-stream bytes (not UTF-8)
     POST respond       "Respond to Webhook" node: 201, text body, custom X-Execution-Id header
     POST missing-order "Respond to Webhook" node answering a workflow-level 404
+    POST customer      "Respond to Webhook" 404 {"message":"Customer 42 is not registered"}
+    POST redirect      "Respond to Webhook" redirect: 307 with its own Location
+    POST page          "Respond to Webhook" HTML page, 200 (a workflow's own HTML: final)
+    POST impostor      answers with headers that only the gateway may set
+    POST stopping      n8n stopping: 500 "There was a problem executing the workflow" (it may
+                       run the execution at its next start, or never)
     GET  lookup        only GET is registered: other methods get n8n's "did you mean" 404
+    HEAD probe         only HEAD is registered: 200, no body, X-Probe: ok
+    GET/POST/PUT multi three methods: others get "Did you mean to make a GET, POST or PUT request?"
 Test webhooks (/webhook-test/...): echo only. Anything else: n8n's "not registered" 404.
+
+`phase` plays n8n's start (shared/reference/real-n8n.md), each answer byte for byte as n8n
+2.40.7 gives it: "starting" (200 text/html "n8n is starting up. Please wait" for every path),
+"mounting" (Express's HTML 404 "Cannot POST /webhook/..."), "registering" (every webhook "not
+registered"), then "ready". `GET /healthz/readiness` answers 503 {"status":"error"} until ready.
 
 `ProxyInFront` stands in for a reverse proxy that fails every call with one status (nginx's
 504 when n8n is too slow, Cloudflare's 524).
@@ -25,7 +38,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,6 +46,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 BINARY_BODY = bytes(range(256)) * 4
+STARTING_PAGE = "n8n is starting up. Please wait"
+Phase = Literal["starting", "mounting", "registering", "ready"]
 PRODUCTION_HINT = (
     "The workflow must be active for a production URL to run successfully. You can activate "
     "the workflow using the toggle in the top-right of the editor. Note that unlike test URL "
@@ -53,6 +68,8 @@ class Call:
     headers: dict[str, str]
     body: bytes
 
+    ran: bool = True  # a workflow answered (not one of n8n's start-up pages)
+
     @property
     def key(self) -> str | None:
         return self.headers.get("idempotency-key")
@@ -64,12 +81,20 @@ class FakeN8n:
     failures_left: dict[str, int] = field(default_factory=dict)
     slow_in_flight: int = 0
     slow_most_in_flight: int = 0
+    phase: Phase = "ready"
+    readiness_probes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _release: asyncio.Event | None = None
 
     def calls_for(self, key: str) -> list[Call]:
+        """Calls with this key that a workflow answered."""
         with self._lock:
-            return [call for call in self.calls if call.key == key]
+            return [call for call in self.calls if call.key == key and call.ran]
+
+    def refused_for(self, key: str) -> list[Call]:
+        """Calls with this key that n8n answered with a start-up page (nothing ran)."""
+        with self._lock:
+            return [call for call in self.calls if call.key == key and not call.ran]
 
     def release_slow(self) -> None:
         """Let every waiting (and future) `slow` call answer."""
@@ -86,11 +111,35 @@ class FakeN8n:
         methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
         return Starlette(
             routes=[
+                Route("/healthz", self._health),
+                Route("/healthz/readiness", self._readiness),
                 Route("/webhook/{path:path}", self._production, methods=methods),
                 Route("/webhook-test/{path:path}", self._test, methods=methods),
             ],
             lifespan=self._lifespan,
         )
+
+    async def _health(self, request: Request) -> Response:
+        if self.phase == "starting":
+            return HTMLResponse(STARTING_PAGE)
+        return JSONResponse({"status": "ok"})
+
+    async def _readiness(self, request: Request) -> Response:
+        with self._lock:
+            self.readiness_probes += 1
+        if self.phase != "ready":
+            return JSONResponse({"status": "error"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    def _starting_answer(self, request: Request, path: str, *, test: bool) -> Response | None:
+        """n8n's own answer while it starts, or None once it is ready."""
+        if self.phase == "starting":
+            return HTMLResponse(STARTING_PAGE)
+        if self.phase == "mounting":
+            return _express_404(request.method, request.url.path)
+        if self.phase == "registering":
+            return _not_registered(request.method, path, test=test)
+        return None
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -100,7 +149,10 @@ class FakeN8n:
 
     async def _production(self, request: Request) -> Response:
         path = request.path_params["path"].rstrip("/")
-        call = await self._record(request, "webhook", path)
+        starting = self._starting_answer(request, path, test=False)
+        call = await self._record(request, "webhook", path, ran=starting is None)
+        if starting is not None:
+            return starting
         handler = {
             "echo": self._echo,
             "started": self._started,
@@ -111,11 +163,24 @@ class FakeN8n:
             "binary": self._binary,
             "respond": self._respond,
             "missing-order": self._missing_order,
+            "customer": self._customer,
+            "redirect": self._redirect,
+            "page": self._page,
+            "impostor": self._impostor,
+            "stopping": self._stopping,
         }.get(path)
         if path == "lookup":
             if request.method == "GET":
                 return JSONResponse({"found": True})
             return _did_you_mean(request.method, "GET")
+        if path == "probe":
+            if request.method == "HEAD":
+                return Response(headers={"X-Probe": "ok", "Content-Type": "application/json"})
+            return _did_you_mean(request.method, "HEAD")
+        if path == "multi":
+            if request.method in ("GET", "POST", "PUT"):
+                return await self._echo(call)
+            return _did_you_mean(request.method, "GET, POST or PUT")
         if handler is None:
             return _not_registered(request.method, path, test=False)
         if request.method != "POST":
@@ -124,13 +189,17 @@ class FakeN8n:
 
     async def _test(self, request: Request) -> Response:
         path = request.path_params["path"].rstrip("/")
-        call = await self._record(request, "webhook-test", path)
+        starting = self._starting_answer(request, path, test=True)
+        call = await self._record(request, "webhook-test", path, ran=starting is None)
+        if starting is not None:
+            return starting
         if path != "echo":
             return _not_registered(request.method, path, test=True)
         return await self._echo(call)
 
-    async def _record(self, request: Request, mode: str, path: str) -> Call:
+    async def _record(self, request: Request, mode: str, path: str, *, ran: bool) -> Call:
         call = Call(
+            ran=ran,
             method=request.method,
             mode=mode,
             path=path,
@@ -203,6 +272,25 @@ class FakeN8n:
     async def _missing_order(self, call: Call) -> Response:
         return JSONResponse({"error": "order not found"}, status_code=404)
 
+    async def _customer(self, call: Call) -> Response:
+        return JSONResponse({"message": "Customer 42 is not registered"}, status_code=404)
+
+    async def _redirect(self, call: Call) -> Response:
+        return Response(status_code=307, headers={"Location": "https://shop.example/thanks"})
+
+    async def _page(self, call: Call) -> Response:
+        return HTMLResponse(f"<html><body><p>{STARTING_PAGE}</p></body></html>")
+
+    async def _stopping(self, call: Call) -> Response:
+        message = "There was a problem executing the workflow"
+        return JSONResponse({"code": 0, "message": message}, status_code=500)
+
+    async def _impostor(self, call: Call) -> Response:
+        return JSONResponse(
+            {"ok": True},
+            headers={"Idempotent-Replayed": "true", "N8n-Gate-Execution": "/v1/executions/other"},
+        )
+
 
 def _not_registered(method: str, path: str, *, test: bool) -> Response:
     name = f"{path}" if test else f"{method} {path}"
@@ -213,6 +301,16 @@ def _not_registered(method: str, path: str, *, test: bool) -> Response:
             "hint": TEST_HINT if test else PRODUCTION_HINT,
         },
         status_code=404,
+    )
+
+
+def _express_404(method: str, path: str) -> Response:
+    page = (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Error</title>\n'
+        f"</head>\n<body>\n<pre>Cannot {method} {path}</pre>\n</body>\n</html>\n"
+    )
+    return HTMLResponse(
+        page, status_code=404, headers={"Content-Security-Policy": "default-src 'none'"}
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 
 from app import db
@@ -68,6 +69,10 @@ class DeliveryWorkers:
         while not self._stopping:
             # Cleared before the take: a wake-up during the take means look again at once.
             self._look_again.clear()
+            readiness = self._service.n8n.readiness
+            if not readiness.is_ready:  # n8n is down or starting: take nothing meanwhile
+                await readiness.wait_until_ready(time.monotonic() + self._poll_seconds)
+                continue
             free = self._count - len(self._deliveries)
             taken = await self._take(free) if free > 0 else []
             for delivery in taken:

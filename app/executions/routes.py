@@ -8,6 +8,7 @@ from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.config import Settings
 from app.deps import CurrentTenant, ServicesDep, get_services
 from app.errors import (
     GateError,
@@ -38,9 +39,14 @@ from app.executions.trigger import (
     parse_preferences,
     parse_webhook_path,
 )
+from app.forwarding.headers import Via, is_trusted, to_forward
 from app.tenants.service import GATE_KEY_HEADER
 
-TRIGGER_METHODS = ["POST", "PUT", "PATCH", "DELETE"]
+# Every method n8n's Webhook node takes.
+TRIGGER_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+# The gateway's own header on every trigger answer: where the execution can be looked up.
+# n8n's own Location (a Respond to Webhook redirect) passes untouched.
+EXECUTION_HEADER = "N8n-Gate-Execution"
 
 router = APIRouter()
 
@@ -192,7 +198,7 @@ def _trigger_mode(path: str) -> Mode | None:
 async def _trigger(request: Request, *, mode: Mode) -> Response:
     if request.method not in TRIGGER_METHODS:
         raise MethodNotAllowed(
-            "Triggers take POST, PUT, PATCH or DELETE, as n8n's webhooks do.",
+            "Triggers take GET, HEAD, POST, PUT, PATCH or DELETE, as n8n's webhooks do.",
             headers={"Allow": ", ".join(TRIGGER_METHODS)},
         )
     services = await get_services(request)
@@ -211,32 +217,40 @@ async def _trigger(request: Request, *, mode: Mode) -> Response:
         # As received: the server admits only ASCII in the target, and building request.url
         # (a urlsplit of the whole URL) was a visible share of an accept's CPU.
         query=request.scope["query_string"].decode("latin-1"),
-        headers=request.headers.items(),
+        headers=to_forward(request.headers.items(), via=_via(request, services.settings)),
         body=await _read_body(request, limit=services.settings.max_body_bytes),
     )
-    client_host = request.client.host if request.client else None
     preferences = parse_preferences(request.headers.getlist("prefer"))
     applied = _applied_preferences(preferences, max_wait=services.settings.max_wait_seconds)
     try:
         if "respond-async" in applied:
-            accepted = await services.executions.accept(
-                tenant=tenant, request=trigger, client_host=client_host
-            )
+            accepted = await services.executions.accept(tenant=tenant, request=trigger)
             response = _accepted(accepted, key=key)
         else:
             wait = int(applied.get("wait", "0"))
             answer = await services.executions.trigger(
-                tenant=tenant, request=trigger, client_host=client_host, wait_seconds=wait
+                tenant=tenant, request=trigger, wait_seconds=wait
             )
-            response = _response(answer, key=key)
+            response = _response(answer, key=key, head=request.method == "HEAD")
     except GateError as exc:
         exc.headers.setdefault("Location", location_for(key))
+        exc.headers[EXECUTION_HEADER] = location_for(key)
         if applied:
             exc.headers["Preference-Applied"] = _preference_applied(applied)
         raise
     if applied:
         response.headers["Preference-Applied"] = _preference_applied(applied)
     return response
+
+
+def _via(request: Request, settings: Settings) -> Via:
+    peer = request.client.host if request.client else None
+    return Via(
+        peer=peer,
+        scheme=request.scope.get("scheme", "http"),
+        host=request.headers.get("host"),
+        peer_is_trusted_proxy=is_trusted(peer, settings.trusted_proxy_networks),
+    )
 
 
 def _path_after(request: Request, *, mode: Mode) -> str:
@@ -266,6 +280,7 @@ def _accepted(accepted: Accepted, *, key: str) -> Response:
         {"key": key, "status": accepted.status, "location": location}, status_code=202
     )
     response.headers["Location"] = location
+    response.headers[EXECUTION_HEADER] = location
     if not accepted.claimed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -290,11 +305,11 @@ def _too_large(limit: int) -> PayloadTooLarge:
     )
 
 
-def _response(answer: GatewayAnswer, *, key: str) -> Response:
-    response = Response(content=answer.body, status_code=answer.status)
+def _response(answer: GatewayAnswer, *, key: str, head: bool) -> Response:
+    response = Response(content=b"" if head else answer.body, status_code=answer.status)
     for name, value in answer.headers:
         response.headers.append(name, value)
-    response.headers["Location"] = location_for(key)
+    response.headers[EXECUTION_HEADER] = location_for(key)
     if answer.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response

@@ -49,8 +49,8 @@ from app.executions.cache import CompletedExecutions
 from app.executions.finished import FinishedExecutions
 from app.executions.lease import LeaseKeeper
 from app.executions.trigger import TriggerRequest, location_for
-from app.forwarding.client import N8nClient, N8nResponse
-from app.forwarding.headers import to_forward
+from app.forwarding.answers import OUTCOME_UNKNOWN, AnswerKind
+from app.forwarding.client import N8nClient, N8nResponse, Outbound
 from app.tenants.service import Tenant
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,6 @@ class ExecutionService:
         *,
         tenant: Tenant,
         request: TriggerRequest,
-        client_host: str | None,
         wait_seconds: int = 0,
     ) -> GatewayAnswer:
         """Run, replay or refuse `request`. With `wait_seconds`, a request whose key is in
@@ -169,19 +168,18 @@ class ExecutionService:
         if cached is not None and self._should_replay(cached, request):
             return replay_answer(cached)
         decided = await self._decide_waiting(
-            tenant=tenant, request=request, client_host=client_host, wait_seconds=wait_seconds
+            tenant=tenant, request=request, wait_seconds=wait_seconds
         )
         if isinstance(decided, repo.ExecutionRow):  # completed: replay it
             self._completed.put(tenant.id, decided)
             return replay_answer(decided)
-        return await asyncio.shield(self._start_run(tenant, request, decided, client_host))
+        return await asyncio.shield(self._start_run(tenant, request, decided))
 
     def _start_run(
         self,
         tenant: Tenant,
         request: TriggerRequest,
         attempt: repo.Attempt,
-        client_host: str | None,
     ) -> asyncio.Task[GatewayAnswer]:
         """Forward and record a claimed attempt in a task of its own: once claimed, it must
         finish even if the client goes away (shutdown waits for it)."""
@@ -190,7 +188,6 @@ class ExecutionService:
                 tenant_id=tenant.id,
                 request=request,
                 attempt=attempt,
-                headers=to_forward(request.headers, client_host=client_host),
             )
         )
         self._in_flight.add(task)
@@ -272,11 +269,10 @@ class ExecutionService:
         *,
         tenant: Tenant,
         request: TriggerRequest,
-        client_host: str | None,
         wait_seconds: int,
     ) -> repo.Attempt | repo.ExecutionRow:
         try:
-            return await self._claim_or_decide(tenant, request, client_host)
+            return await self._claim_or_decide(tenant, request)
         except InFlightWithId as first:
             if wait_seconds <= 0:
                 raise
@@ -291,7 +287,7 @@ class ExecutionService:
                         conn, tenant_id=tenant.id, execution_id=in_flight.execution_id
                     )
                 try:
-                    return await self._claim_or_decide(tenant, request, client_host)
+                    return await self._claim_or_decide(tenant, request)
                 except InFlightWithId as again:
                     in_flight = again
                 with contextlib.suppress(TimeoutError):
@@ -299,7 +295,7 @@ class ExecutionService:
         raise in_flight
 
     async def _claim_or_decide(
-        self, tenant: Tenant, request: TriggerRequest, client_host: str | None
+        self, tenant: Tenant, request: TriggerRequest
     ) -> repo.Attempt | repo.ExecutionRow:
         """Claim the key (the attempt taken), or return the completed row to replay, or raise.
 
@@ -311,7 +307,7 @@ class ExecutionService:
         try:
             return await asyncio.shield(decision)
         except asyncio.CancelledError:
-            self._in_background(self._run_orphaned(decision, tenant, request, client_host))
+            self._in_background(self._run_orphaned(decision, tenant, request))
             raise
 
     async def _run_orphaned(
@@ -319,7 +315,6 @@ class ExecutionService:
         decision: asyncio.Future[repo.Attempt | repo.ExecutionRow],
         tenant: Tenant,
         request: TriggerRequest,
-        client_host: str | None,
     ) -> None:
         try:
             decided = await decision
@@ -327,7 +322,7 @@ class ExecutionService:
             return  # refused, or the database went away (the claim is released then)
         if isinstance(decided, repo.Attempt):
             with contextlib.suppress(ForwardFailed):
-                await self._start_run(tenant, request, decided, client_host)
+                await self._start_run(tenant, request, decided)
 
     async def _claim_rounds(
         self, *, tenant: Tenant, request: TriggerRequest
@@ -399,9 +394,7 @@ class ExecutionService:
             "Retry-After": str(self.settings.retry_after_seconds),
         }
 
-    async def accept(
-        self, *, tenant: Tenant, request: TriggerRequest, client_host: str | None
-    ) -> repo.Accepted:
+    async def accept(self, *, tenant: Tenant, request: TriggerRequest) -> repo.Accepted:
         """Store an async trigger for the delivery workers (Prefer: respond-async); or say what
         holds the key already. Raises 422 for another request's key."""
         accepted = await self._accepts.submit(
@@ -414,7 +407,7 @@ class ExecutionService:
                 workflow_path=request.workflow_path,
                 raw_path=request.raw_path,
                 query=request.query,
-                headers=to_forward(request.headers, client_host=client_host),
+                headers=request.headers,
                 body=request.body,
             )
         )
@@ -448,7 +441,6 @@ class ExecutionService:
                 tenant_id=delivery.tenant_id,
                 request=request,
                 attempt=attempt,
-                headers=delivery.headers,  # chosen for n8n when the trigger was accepted
                 retry=True,
             )
 
@@ -458,35 +450,45 @@ class ExecutionService:
         tenant_id: UUID,
         request: TriggerRequest,
         attempt: repo.Attempt,
-        headers: list[tuple[str, str]],
         retry: bool = False,
     ) -> GatewayAnswer:
-        """Forward (with `headers`, what n8n gets) while renewing the lease, then record. With
-        `retry` (async deliveries) a retryable failure is scheduled again with backoff instead
-        of ending the execution."""
+        """Forward while renewing the lease, then record. With `retry` (async deliveries) a
+        retryable failure is scheduled again with backoff instead of ending the execution."""
         lease = LeaseKeeper(
             lambda: self._renew_lease(tenant_id, attempt),
             interval_seconds=self.settings.lease_renew_seconds,
         )
         try:
             async with lease:
-                response = await self.n8n.forward(request, headers=headers)
+                response = await self.n8n.forward(self._outbound(request))
         except ForwardFailed as exc:
             if exc.final:
                 return await self._complete_with_problem(tenant_id, attempt, request, exc)
             outcome = _failure(exc)
             retry_at = self._retry_at(attempt, outcome, None) if retry else None
             await self._record(tenant_id, attempt, outcome, retry_at=retry_at)
+            _log_failure(tenant_id, request, attempt, outcome, retry_at=retry_at, retry=retry)
             raise
         outcome = self._outcome(response, rate_limit_retryable=retry)
         retry_at = self._retry_at(attempt, outcome, response) if retry else None
         await self._record(tenant_id, attempt, outcome, retry_at=retry_at)
+        if outcome.status == "failed":
+            _log_failure(tenant_id, request, attempt, outcome, retry_at=retry_at, retry=retry)
         return GatewayAnswer(
             status=response.status,
             content_type=response.content_type,
             headers=response.headers,
             body=response.body,
             replayed=False,
+        )
+
+    def _outbound(self, request: TriggerRequest) -> Outbound:
+        return Outbound(
+            method=request.method,
+            path=self.n8n.path_for(mode=request.mode, raw_path=request.raw_path),
+            query=request.query,
+            headers=request.headers,
+            body=request.body,
         )
 
     async def _complete_with_problem(
@@ -507,6 +509,19 @@ class ExecutionService:
             error_detail=error.detail,
         )
         await self._record(tenant_id, attempt, outcome)
+        logger.warning(
+            "final answer from the gateway: key=%r tenant=%s workflow=%s/%s execution=%s "
+            "attempt=%s error=%s (%s)",
+            request.key,
+            tenant_id,
+            request.mode,
+            request.workflow_path,
+            attempt.execution_id,
+            attempt.number,
+            error.cause,
+            error.detail,
+            extra={"idempotency_key": request.key, "error_type": error.cause},
+        )
         return GatewayAnswer(
             status=error.status_code,
             content_type=PROBLEM_CONTENT_TYPE,
@@ -521,6 +536,8 @@ class ExecutionService:
         """When to deliver again, or None when this outcome is final."""
         if outcome.status != "failed" or self.backoff.exhausted(attempt.number):
             return None
+        if response is not None and response.kind is AnswerKind.WRONG_METHOD:
+            return None  # permanent while the workflow is active: a dead letter at once
         if outcome.outcome_unknown and self.settings.unknown_outcome == "refuse":
             return None
         retry_after = parse_retry_after(response.header("retry-after") if response else None)
@@ -548,7 +565,7 @@ class ExecutionService:
 
     def _outcome(self, response: N8nResponse, *, rate_limit_retryable: bool) -> repo.Outcome:
         rate_limited = rate_limit_retryable and response.status == 429
-        failed = response.is_retryable or rate_limited
+        failed = response.kind is not AnswerKind.WORKFLOW or rate_limited
         return repo.Outcome(
             status="failed" if failed else "completed",
             response_status=response.status,
@@ -558,7 +575,7 @@ class ExecutionService:
             response_body_bytes=len(response.body),
             error_type=_error_type(response) if failed else None,
             error_detail=_error_detail(response) if failed else None,
-            outcome_unknown=response.outcome_unknown,
+            outcome_unknown=response.kind in OUTCOME_UNKNOWN,
         )
 
     async def _record(
@@ -671,16 +688,44 @@ def replay_answer(row: repo.ExecutionRow) -> GatewayAnswer:
     )
 
 
+_ERROR_TYPES = {
+    AnswerKind.NOT_REGISTERED: "n8n-not-registered",
+    AnswerKind.WRONG_METHOD: "n8n-method-not-registered",
+    AnswerKind.COULD_NOT_EXECUTE: "n8n-could-not-execute",
+}
+
+
 def _error_type(response: N8nResponse) -> str:
-    if response.is_not_registered:
-        return "n8n-not-registered"
-    return "n8n-rate-limited" if response.status == 429 else "n8n-error"
+    if response.kind is AnswerKind.WORKFLOW:  # only a 429 of an async delivery gets here
+        return "n8n-rate-limited"
+    return _ERROR_TYPES.get(response.kind, "n8n-error")
 
 
 def _error_detail(response: N8nResponse) -> str:
-    if response.outcome_unknown:
+    if response.kind is AnswerKind.PROXY_TIMEOUT:
         return f"n8n answered {response.status}, a proxy's timeout: the workflow may have run"
-    return f"n8n answered {response.status}"
+    if response.kind is AnswerKind.COULD_NOT_EXECUTE:
+        return (
+            f"n8n answered {response.status} 'There was a problem executing the workflow', as it "
+            "does for a trigger that arrives while it stops: it may run the workflow when it "
+            "starts again, or never"
+        )
+    if response.kind is AnswerKind.WRONG_METHOD:
+        return (
+            f"n8n answered {response.status}: this path is registered for another method, "
+            "so it is not delivered again (retry it once the workflow takes this method)"
+        )
+    return f"n8n answered {response.status}{_n8n_message(response)}"
+
+
+def _n8n_message(response: N8nResponse) -> str:
+    """`: <message>` of a JSON error body such as n8n's own, for the log and the status."""
+    try:
+        payload = json.loads(response.body[:4096])
+    except ValueError:
+        return ""
+    message = payload.get("message") if isinstance(payload, dict) else None
+    return f": {message[:200]}" if isinstance(message, str) and message else ""
 
 
 def _not_retryable_reason(row: repo.ExecutionRow) -> str:
@@ -696,6 +741,51 @@ def _key_reused() -> IdempotencyKeyReused:
     return IdempotencyKeyReused(
         "This Idempotency-Key was first used with a different method, path, query or "
         "body. Use a new key for a different request.",
+    )
+
+
+def _log_failure(
+    tenant_id: UUID,
+    request: TriggerRequest,
+    attempt: repo.Attempt,
+    outcome: repo.Outcome,
+    *,
+    retry_at: datetime | None,
+    retry: bool,
+) -> None:
+    """One line per failed attempt: a warning while it will run again, an error when it ends
+    (a dead letter) or may have run without the gateway learning how it went."""
+    if retry and retry_at is None:
+        level, what = logging.ERROR, "dead letter"
+    elif outcome.outcome_unknown:
+        level, what = logging.ERROR, "outcome unknown"
+    else:
+        level, what = logging.WARNING, "attempt failed"
+    then = f"; next attempt at {retry_at.isoformat(timespec='seconds')}" if retry_at else ""
+    logger.log(
+        level,
+        "%s: key=%r tenant=%s workflow=%s/%s execution=%s attempt=%s error=%s n8n_status=%s "
+        "outcome_unknown=%s (%s)%s",
+        what,
+        request.key,
+        tenant_id,
+        request.mode,
+        request.workflow_path,
+        attempt.execution_id,
+        attempt.number,
+        outcome.error_type,
+        outcome.response_status,
+        outcome.outcome_unknown,
+        outcome.error_detail,
+        then,
+        extra={
+            "idempotency_key": request.key,
+            "tenant_id": str(tenant_id),
+            "workflow": f"{request.mode}/{request.workflow_path}",
+            "execution_id": attempt.execution_id,
+            "attempt": attempt.number,
+            "error_type": outcome.error_type,
+        },
     )
 
 

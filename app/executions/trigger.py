@@ -29,7 +29,7 @@ class TriggerRequest:
     workflow_path: str
     raw_path: str
     query: str
-    headers: list[tuple[str, str]]
+    headers: list[tuple[str, str]]  # what n8n gets (app.forwarding.headers.to_forward)
     body: bytes
 
     @cached_property

@@ -1,29 +1,59 @@
-"""The one client that talks to n8n.
+"""The one client that talks to n8n, on aiohttp (docs/adr/0003-forwarding-client.md).
 
-It speaks HTTP/1.1 through `app.forwarding.http1` rather than httpx: under 32 concurrent
-forwards httpx's pool was the bottleneck, and aiohttp's client cost about 0.4 ms more per
-forward at one connection (README, Benchmark). Whichever library, what matters is the line
-between "n8n never got it" and "n8n may have run it", which every failure below keeps.
+Every failure says whether the request may have reached n8n: nothing sent (refused, DNS,
+TLS, connect timeout, every connection busy) or sent without a usable answer (timeout,
+connection lost, unparseable or oversized answer). The unknown-outcome policy rests on that
+line, so the client never resends on its own: aiohttp would resend a GET, HEAD, PUT or
+DELETE once when a kept-alive connection fails, a second workflow run no attempt records.
+
+While n8n starts it answers with pages of its own (app.forwarding.answers); nothing ran then,
+so the client waits for n8n's readiness and sends again, for up to `startup_wait_seconds`.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import ssl
+import time
+import zlib
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from app.errors import N8nAnswerTooLarge, N8nTimeout, N8nUnreachable
-from app.executions.trigger import TriggerRequest
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from app.errors import (
+    N8nAnswerTooLarge,
+    N8nStarting,
+    N8nTimeout,
+    N8nUnreachable,
+)
+from app.forwarding.answers import Answer, AnswerKind, classify, is_starting_page
 from app.forwarding.headers import NOT_REPLAYED, end_to_end
-from app.forwarding.http1 import NoAnswer, NotSent, Origin
+from app.forwarding.readiness import Readiness
 
 # Node's HTTP server (n8n) closes idle keep-alive connections after 5 s; reusing one it is
 # closing fails the request, so the gateway drops idle connections first.
 KEEPALIVE_SECONDS = 4.0
-# What a proxy in front of n8n answers when n8n took too long: 504 (nginx, load balancers),
-# 524 (Cloudflare, so n8n Cloud, after 100 s). n8n had the request, so the workflow may have
-# run or still be running. (A 502 is more often n8n down than n8n hanging up: not counted.)
-PROXY_TIMEOUTS = frozenset({504, 524})
+# The whole response head n8n may send; Node's own limit on request heads is 16 KiB.
+MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADERS = 128
+# Encodings the client asks for and decodes; any other stays with its body.
+DECODED_ENCODINGS = frozenset({"gzip", "deflate"})
+READ_CHUNK_BYTES = 64 * 1024
+# How long after n8n says it is ready a "not registered" still means "not yet".
+SETTLE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """A request for n8n: method, the path under the base URL, the raw query, what to send."""
+
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -32,31 +62,38 @@ class N8nResponse:
     content_type: str | None
     headers: list[tuple[str, str]]
     body: bytes
+    kind: AnswerKind
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
         return next((value for key, value in self.headers if key.lower() == lowered), None)
 
-    @property
-    def is_not_registered(self) -> bool:
-        """n8n's own 404 for an unknown path or inactive workflow, not a workflow's 404."""
-        if self.status != 404:
-            return False
+
+class _TooLarge(Exception):
+    pass
+
+
+class UndecodableAnswer(Exception):
+    pass
+
+
+def decode(body: bytes, *, encoding: str, max_bytes: int) -> bytes | None:
+    """A gzip or deflate body decoded whole; None when it is over `max_bytes` once decoded (a
+    compression bomb stops there); UndecodableAnswer when it is corrupt or cut short."""
+    # deflate is zlib-wrapped by the RFC, raw in some servers' hands: try both.
+    for wbits in (
+        (16 + zlib.MAX_WBITS,) if encoding == "gzip" else (zlib.MAX_WBITS, -zlib.MAX_WBITS)
+    ):
+        decoder = zlib.decompressobj(wbits)
         try:
-            payload = json.loads(self.body)
-        except ValueError:
-            return False
-        message = payload.get("message", "") if isinstance(payload, dict) else ""
-        return isinstance(message, str) and "not registered" in message
-
-    @property
-    def is_retryable(self) -> bool:
-        return self.status >= 500 or self.is_not_registered
-
-    @property
-    def outcome_unknown(self) -> bool:
-        """A proxy's timeout: GATE_UNKNOWN_OUTCOME decides, as for the gateway's own."""
-        return self.status in PROXY_TIMEOUTS
+            decoded = decoder.decompress(body, max_bytes + 1)
+        except zlib.error:
+            continue
+        if len(decoded) > max_bytes:
+            return None
+        if decoder.eof and not decoder.unused_data:
+            return decoded
+    raise UndecodableAnswer(f"an undecodable {encoding} answer (corrupt or cut short)")
 
 
 class N8nClient:
@@ -68,74 +105,182 @@ class N8nClient:
         timeout: float,
         max_connections: int,
         max_answer_bytes: int,
+        startup_wait_seconds: float = 0.0,
+        readiness_poll_seconds: float = 0.5,
     ) -> None:
         self._base_url = base_url.rstrip("/")
-        self._base_path = urlsplit(self._base_url).path
-        self._connect_timeout = connect_timeout
+        self._origin = str(URL(self._base_url).origin())
+        self._base_path = URL(self._base_url).raw_path.rstrip("/")
+        self._connect_timeout = min(connect_timeout, timeout)
         self._timeout = timeout
         self._max_connections = max_connections
         self._max_answer_bytes = max_answer_bytes
-        self._origin: Origin | None = None
+        self._startup_wait_seconds = startup_wait_seconds
+        self._session: aiohttp.ClientSession | None = None
+        self.readiness = Readiness(self._probe_ready, poll_seconds=readiness_poll_seconds)
 
     async def __aenter__(self) -> N8nClient:
-        self._origin = Origin(
-            self._base_url,
-            max_connections=self._max_connections,
-            idle_seconds=KEEPALIVE_SECONDS,
-            max_body_bytes=self._max_answer_bytes,
-        )
+        self._session = _session(self._max_connections)
+        await self.readiness.__aenter__()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._origin is not None:
-            await self._origin.close()
+        await self.readiness.__aexit__()
+        if self._session is not None:
+            await self._session.close()
 
-    def target_for(self, request: TriggerRequest) -> str:
-        """The request target on n8n: the same mode, path and query, under N8N_BASE_URL."""
-        query = f"?{request.query}" if request.query else ""
-        return f"{self._base_path}/{request.mode}/{request.raw_path}{query}"
-
-    async def forward(
-        self, request: TriggerRequest, *, headers: list[tuple[str, str]]
-    ) -> N8nResponse:
-        """Send `request` to n8n with `headers` (`to_forward` chose them from the client's)."""
-        assert self._origin is not None, "N8nClient used outside its context"
+    async def _probe_ready(self) -> bool:
+        """n8n's readiness endpoint says 200 (or n8n has none: a plain 404)."""
+        assert self._session is not None
+        path = f"{self._base_path}/healthz/readiness"
         try:
-            response = await self._origin.request(
-                request.method,
-                self.target_for(request),
-                headers,
-                request.body,
-                connect_timeout=self._connect_timeout,
-                total_timeout=self._timeout,
-            )
-        except NotSent as exc:
-            raise self._not_sent(exc) from exc
-        except NoAnswer as exc:
-            raise self._no_answer(exc) from exc
+            async with (
+                asyncio.timeout(self._connect_timeout),
+                self._session.get(URL(f"{self._origin}{path}", encoded=True)) as response,
+            ):
+                body = await response.content.read(4096)
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+        answer = Answer(response.status, response.headers.get("Content-Type"), body)
+        if is_starting_page(answer, method="GET", path=path):
+            return False
+        return response.status in (200, 404)
+
+    def path_for(self, *, mode: str, raw_path: str) -> str:
+        """The path on n8n for a trigger's mode and path: under N8N_BASE_URL's own path."""
+        return f"{self._base_path}/{mode}/{raw_path}"
+
+    async def forward(self, outbound: Outbound) -> N8nResponse:
+        """Send `outbound`; while n8n is starting, wait for it and send again (nothing ran)."""
+        deadline = time.monotonic() + self._startup_wait_seconds
+        while True:
+            try:
+                response = await self._send_once(outbound)
+            except N8nUnreachable as exc:
+                if exc.maybe_ran or not await self._waited_for_start(deadline, outage=True):
+                    raise
+                continue
+            if not await self._is_starting(response):
+                self.readiness.saw_answer()
+                return response
+            outage = response.kind is AnswerKind.STARTING
+            if not await self._waited_for_start(deadline, outage=outage):
+                if outage:
+                    raise _starting(self._startup_wait_seconds)
+                return response  # "not registered" all along: that is n8n's answer
+
+    async def _is_starting(self, response: N8nResponse) -> bool:
+        """n8n's start-up pages; and "not registered" while n8n is not ready, or was ready
+        only just now: it registers the active workflows' webhooks after it says so."""
+        if response.kind is AnswerKind.STARTING:
+            return True
+        if response.kind is not AnswerKind.NOT_REGISTERED:
+            return False
+        return self.readiness.settling(SETTLE_SECONDS) or not await self._probe_ready()
+
+    async def _waited_for_start(self, deadline: float, *, outage: bool) -> bool:
+        """After n8n was not there: wait until it says it is ready; False once out of time."""
+        self.readiness.saw_not_ready(outage=outage)
+        return await self.readiness.wait_until_ready(deadline)
+
+    async def _send_once(self, outbound: Outbound) -> N8nResponse:
+        assert self._session is not None, "N8nClient used outside its context"
+        query = f"?{outbound.query}" if outbound.query else ""
+        url = URL(f"{self._origin}{outbound.path}{query}", encoded=True)
+        headers = CIMultiDict(outbound.headers)
+        headers.setdefault("Accept-Encoding", "gzip, deflate")
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._exchange(outbound, url, headers)
+        except aiohttp.ConnectionTimeoutError as exc:  # before TimeoutError: it is one too
+            raise self._connect_timed_out(exc) from exc
+        except aiohttp.ClientConnectorDNSError as exc:
+            raise self._dns_failed(exc) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise self._refused(exc) from exc
+        except TimeoutError as exc:
+            raise self._read_timed_out() from exc
+        except _TooLarge as exc:
+            raise self._too_large(exc) from exc
+        except (aiohttp.ClientError, OSError, UndecodableAnswer) as exc:
+            raise self._lost(exc) from exc
+
+    async def _exchange(
+        self, outbound: Outbound, url: URL, headers: CIMultiDict[str]
+    ) -> N8nResponse:
+        assert self._session is not None
+        async with self._session.request(
+            outbound.method,
+            url,
+            headers=headers,
+            data=outbound.body if outbound.body or outbound.method not in _BODYLESS else None,
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=self._connect_timeout, sock_connect=self._connect_timeout
+            ),
+            allow_redirects=False,
+        ) as response:
+            if response.status < 200:  # 101 and other interim answers are not n8n's answer
+                response.close()
+                raise aiohttp.ClientResponseError(
+                    response.request_info, (), status=response.status, message="interim answer"
+                )
+            body = await self._read_body(response)
+        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
+        encoding = response.headers.get("Content-Encoding", "").strip().lower()
+        if encoding in DECODED_ENCODINGS:
+            decoded = decode(body, encoding=encoding, max_bytes=self._max_answer_bytes)
+            if decoded is None:
+                raise _TooLarge(
+                    f"its answer ({response.status}) is larger than {self._max_answer_bytes} "
+                    "bytes once decoded"
+                )
+            body = decoded
+        content_type = next((v for k, v in raw_headers if k.lower() == "content-type"), None)
+        kind = classify(
+            Answer(status=response.status, content_type=content_type, body=body),
+            method=outbound.method,
+            path=outbound.path,
+        )
         return N8nResponse(
             status=response.status,
-            content_type=next(
-                (v for k, v in response.headers if k.lower() == "content-type"), None
-            ),
-            headers=end_to_end(response.headers, drop=NOT_REPLAYED),
-            body=response.body,
+            content_type=content_type,
+            headers=end_to_end(_decoded(raw_headers), drop=NOT_REPLAYED),
+            body=body,
+            kind=kind,
         )
 
-    def _not_sent(self, exc: NotSent) -> N8nUnreachable | N8nTimeout:
-        if exc.dns:
-            return N8nUnreachable(
-                f"Could not resolve n8n's host in {self._base_url}: {exc}. "
-                "Check N8N_BASE_URL, then retry with the same key.",
-                cause="n8n-dns-failure",
-                maybe_ran=False,
-            )
-        if exc.timed_out:
-            return N8nTimeout(
-                f"Could not reach n8n in time ({exc}); nothing was sent. Retry with the same key.",
-                cause="n8n-connect-timeout",
-                maybe_ran=False,
-            )
+    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
+        """The whole (decoded) body, or _TooLarge past the limit; its connection is dropped."""
+        declared, limit = response.content_length, self._max_answer_bytes
+        if declared is not None and declared > self._max_answer_bytes:
+            response.close()
+            raise _TooLarge(f"its answer ({response.status}) is larger than {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                response.close()
+                raise _TooLarge(f"its answer ({response.status}) is larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _dns_failed(self, exc: Exception) -> N8nUnreachable:
+        return N8nUnreachable(
+            f"Could not resolve n8n's host in {self._base_url}: {exc}. "
+            "Check N8N_BASE_URL, then retry with the same key.",
+            cause="n8n-dns-failure",
+            maybe_ran=False,
+        )
+
+    def _connect_timed_out(self, exc: Exception) -> N8nTimeout:
+        return N8nTimeout(
+            f"Could not reach n8n in time ({exc or 'every connection busy'}); nothing was "
+            "sent. Retry with the same key.",
+            cause="n8n-connect-timeout",
+            maybe_ran=False,
+        )
+
+    def _refused(self, exc: Exception) -> N8nUnreachable:
         return N8nUnreachable(
             f"Could not connect to n8n at {self._base_url}: {exc}. "
             "Check N8N_BASE_URL and that n8n is running, then retry with the same key.",
@@ -143,26 +288,83 @@ class N8nClient:
             maybe_ran=False,
         )
 
-    def _no_answer(self, exc: NoAnswer) -> N8nUnreachable | N8nTimeout | N8nAnswerTooLarge:
-        if exc.too_large:
-            return N8nAnswerTooLarge(
-                f"n8n ran the workflow, but {exc} (GATE_N8N_MAX_ANSWER_BYTES), so the gateway "
-                "did not take it. This answer is final for this key: the workflow does not run "
-                "again. Have it answer with less (a link to a file, say) or raise the limit, "
-                "then send a new key.",
-                cause="n8n-answer-too-large",
-                maybe_ran=True,
-            )
-        if exc.timed_out:
-            return N8nTimeout(
-                f"n8n did not answer within {self._timeout:g} s; the workflow may still "
-                "be running. Ask the Location for the execution's status before retrying.",
-                cause="n8n-read-timeout",
-                maybe_ran=True,
-            )
+    def _read_timed_out(self) -> N8nTimeout:
+        return N8nTimeout(
+            f"n8n did not answer within {self._timeout:g} s; the workflow may still "
+            "be running. Ask the execution's URL (N8n-Gate-Execution) for its status before "
+            "retrying.",
+            cause="n8n-read-timeout",
+            maybe_ran=True,
+        )
+
+    def _too_large(self, exc: Exception) -> N8nAnswerTooLarge:
+        return N8nAnswerTooLarge(
+            f"n8n ran the workflow, but {exc} (GATE_N8N_MAX_ANSWER_BYTES), so the gateway "
+            "did not take it. This answer is final for this key: the workflow does not run "
+            "again. Have it answer with less (a link to a file, say) or raise the limit, "
+            "then send a new key.",
+            cause="n8n-answer-too-large",
+            maybe_ran=True,
+        )
+
+    def _lost(self, exc: Exception) -> N8nUnreachable:
+        reason = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
         return N8nUnreachable(
-            f"n8n did not send a complete answer ({exc}); the workflow may have run. "
-            "Ask the Location for the execution's status.",
+            f"n8n did not send a complete answer ({reason}); the workflow may have run. "
+            "Ask the execution's URL (N8n-Gate-Execution) for its status.",
             cause="n8n-connection-lost",
             maybe_ran=True,
         )
+
+
+_BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+
+
+def _session(max_connections: int) -> aiohttp.ClientSession:
+    """One session for the process; TLS verified against the system's CAs or SSL_CERT_FILE,
+    proxies from HTTPS_PROXY / HTTP_PROXY / NO_PROXY."""
+    connector = aiohttp.TCPConnector(
+        limit=max_connections,
+        limit_per_host=0,
+        keepalive_timeout=KEEPALIVE_SECONDS,
+        ssl=ssl.create_default_context(),
+    )
+    session = aiohttp.ClientSession(
+        connector=connector,
+        trust_env=True,
+        skip_auto_headers=("User-Agent", "Accept", "Content-Type"),
+        max_line_size=MAX_HEADER_BYTES,
+        max_field_size=MAX_HEADER_BYTES,
+        max_headers=MAX_HEADERS,
+        cookie_jar=aiohttp.DummyCookieJar(),  # tenants share the session: never their cookies
+        # Decoded here instead: aiohttp takes a gzip stream cut short as a whole, shorter body.
+        auto_decompress=False,
+    )
+    _never_resend(session)
+    return session
+
+
+def _never_resend(session: aiohttp.ClientSession) -> None:
+    """aiohttp resends idempotent methods once on a failed kept-alive connection, with no
+    public switch; the gateway decides every resend itself (tests/forwarding prove it)."""
+    if not hasattr(session, "_retry_connection"):
+        raise RuntimeError("this aiohttp has no _retry_connection: check it cannot resend")
+    session._retry_connection = False
+
+
+def _decoded(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The headers of a decoded body: without the Content-Encoding the client undid."""
+    return [
+        (name, value)
+        for name, value in headers
+        if not (name.lower() == "content-encoding" and value.lower() in DECODED_ENCODINGS)
+    ]
+
+
+def _starting(waited: float) -> N8nStarting:
+    return N8nStarting(
+        f"n8n is starting and did not become ready within {waited:g} s "
+        "(GATE_N8N_STARTUP_WAIT_SECONDS); nothing ran. Retry with the same key.",
+        cause="n8n-starting",
+        maybe_ran=False,
+    )

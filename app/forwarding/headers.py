@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from app.tenants.service import GATE_KEY_HEADER
 
@@ -23,18 +25,28 @@ HOP_BY_HOP = frozenset(
 # Set by the gateway itself, or meaningful only between the client and the gateway (which
 # has the whole body before it forwards, so an Expect: 100-continue was met already).
 _GATE_KEY = GATE_KEY_HEADER.lower()
+# X-Forwarded-* are rebuilt by `to_forward` from what the gateway saw.
+FORWARDED_FOR = "x-forwarded-for"
+FORWARDED_PROTO = "x-forwarded-proto"
+FORWARDED_HOST = "x-forwarded-host"
 NOT_FORWARDED = HOP_BY_HOP | {
     "host",
     _GATE_KEY,
     "content-length",
     "accept-encoding",
     "expect",
+    FORWARDED_FOR,
+    FORWARDED_PROTO,
+    FORWARDED_HOST,
 }
 # When the API key came in Authorization rather than N8n-Gate-Key, that header was the gateway's.
 NOT_FORWARDED_WITH_KEY_IN_AUTHORIZATION = NOT_FORWARDED | {"authorization"}
 # Regenerated on every answer the gateway sends, so never recorded or replayed. (The client
 # decodes gzip and deflate bodies and drops their Content-Encoding; any other stays with its body.)
-NOT_REPLAYED = HOP_BY_HOP | {"content-length", "date", "server"}
+# The gateway's own headers (Idempotent-Replayed, N8n-Gate-*) come from the gateway alone: an
+# answer from n8n that carries one is not believed.
+NOT_REPLAYED = HOP_BY_HOP | {"content-length", "date", "server", "idempotent-replayed"}
+GATE_HEADER_PREFIX = "n8n-gate-"
 
 
 def end_to_end(
@@ -51,20 +63,60 @@ def end_to_end(
     return [
         (name, value)
         for name, value in pairs
-        if (lowered := name.lower()) not in drop and lowered not in named
+        if (lowered := name.lower()) not in drop
+        and lowered not in named
+        and not lowered.startswith(GATE_HEADER_PREFIX)
     ]
 
 
-def to_forward(
-    headers: Iterable[tuple[str, str]], *, client_host: str | None
-) -> list[tuple[str, str]]:
-    """The headers n8n gets for a client's request: end-to-end ones, plus X-Forwarded-For.
+@dataclass(frozen=True)
+class Via:
+    """How a request reached the gateway: the TCP peer, the scheme and Host it used, and
+    whether that peer is a trusted proxy (GATE_TRUSTED_PROXIES) whose X-Forwarded-Proto and
+    X-Forwarded-Host are believed."""
+
+    peer: str | None
+    scheme: str
+    host: str | None
+    peer_is_trusted_proxy: bool = False
+
+
+def is_trusted(
+    peer: str | None, proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> bool:
+    if peer is None or not proxies:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in proxies)
+
+
+def to_forward(headers: Iterable[tuple[str, str]], *, via: Via) -> list[tuple[str, str]]:
+    """The headers n8n gets for a client's request: end-to-end ones, plus X-Forwarded-*.
+
     Authorization carries the gateway's API key unless the client sent that in N8n-Gate-Key;
-    then it is the client's credential for n8n's webhook, and passes."""
+    then it is the client's credential for n8n's webhook, and passes. X-Forwarded-For is the
+    chain the client sent plus the peer, once, as any proxy appends it (n8n's
+    N8N_PROXY_HOPS counts from the right); Proto and Host come from a trusted proxy, else
+    from what the gateway itself saw."""
     pairs = list(headers)
     key_apart = any(name.lower() == _GATE_KEY for name, _ in pairs)
     drop = NOT_FORWARDED if key_apart else NOT_FORWARDED_WITH_KEY_IN_AUTHORIZATION
     forwarded = end_to_end(pairs, drop=drop)
-    if client_host:
-        forwarded.append(("X-Forwarded-For", client_host))
+    chain = [value.strip() for name, value in pairs if name.lower() == FORWARDED_FOR]
+    if via.peer:
+        chain.append(via.peer)
+    if chain:
+        forwarded.append(("X-Forwarded-For", ", ".join(chain)))
+    proto = _first(pairs, FORWARDED_PROTO) if via.peer_is_trusted_proxy else None
+    host = _first(pairs, FORWARDED_HOST) if via.peer_is_trusted_proxy else None
+    forwarded.append(("X-Forwarded-Proto", proto or via.scheme))
+    if host or via.host:
+        forwarded.append(("X-Forwarded-Host", host or via.host or ""))
     return forwarded
+
+
+def _first(pairs: list[tuple[str, str]], name: str) -> str | None:
+    return next((value.strip() for key, value in pairs if key.lower() == name), None)

@@ -40,7 +40,7 @@ async def test_attempt_history_shows_every_attempt(client: httpx.AsyncClient, n8
         (2, "completed", 200),
     ]
     first, second = history  # type: ignore[misc]
-    assert first["error"] == {"type": "n8n-error", "detail": "n8n answered 500"}
+    assert first["error"] == {"type": "n8n-error", "detail": "n8n answered 500: Error in workflow"}
     assert second["error"] is None
     assert first["ended_at"] <= second["started_at"]
     assert all(a["duration_ms"] >= 0 for a in history)  # type: ignore[union-attr]
@@ -182,7 +182,7 @@ async def test_an_answer_over_the_limit_is_a_final_502_and_never_runs_again(
         status = await status_of(client, key)
     assert f"its answer (200) is larger than {limit} bytes" in problem["detail"]
     assert "GATE_N8N_MAX_ANSWER_BYTES" in problem["detail"]
-    assert first.headers["location"] == f"/v1/executions/{key}"
+    assert first.headers["n8n-gate-execution"] == f"/v1/executions/{key}"
     assert (replay.status_code, replay.content) == (502, first.content)
     assert replay.headers["idempotent-replayed"] == "true"
     assert (status["status"], status["attempts"], status["outcome_unknown"]) == (

@@ -140,3 +140,81 @@ async def test_replicas_on_one_database_call_n8n_once_per_key(
     calls = Counter(call.key for call in n8n.calls if call.key in set(keys))
     assert len(calls) == 200
     assert set(calls.values()) == {1}
+
+
+async def test_n8n_sees_the_forwarded_chain_once_and_how_the_gateway_was_reached(
+    gateway_env: dict[str, str], database_url: str, n8n: FakeN8n
+) -> None:
+    """Behind uvicorn: the caller's X-Forwarded-For plus the real peer, once; Proto and Host
+    from what the gateway saw, since this peer is not a trusted proxy."""
+    api_key = await new_api_key(database_url)
+    key = f"xff-{uuid.uuid4()}"
+    gateway = Gateway(gateway_env)
+    try:
+        async with httpx.AsyncClient(base_url=gateway.base_url) as client:
+            answer = await client.post(
+                "/webhook/echo",
+                json={},
+                headers={
+                    "Authorization": f"Bearer {api_key}",
+                    "Idempotency-Key": key,
+                    "X-Forwarded-For": "203.0.113.9",
+                    "X-Forwarded-Proto": "https",
+                    "X-Forwarded-Host": "forged.example",
+                },
+            )
+    finally:
+        gateway.stop()
+    assert answer.status_code == 200
+    seen = n8n.calls_for(key)[0].headers
+    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == f"127.0.0.1:{gateway.port}"
+
+
+async def test_a_trusted_proxy_s_proto_and_host_reach_n8n(
+    gateway_env: dict[str, str], database_url: str, n8n: FakeN8n
+) -> None:
+    api_key = await new_api_key(database_url)
+    key = f"proxy-{uuid.uuid4()}"
+    gateway = Gateway({**gateway_env, "GATE_TRUSTED_PROXIES": "127.0.0.0/8"})
+    try:
+        async with httpx.AsyncClient(base_url=gateway.base_url) as client:
+            await client.post(
+                "/webhook/echo",
+                json={},
+                headers={
+                    "Authorization": f"Bearer {api_key}",
+                    "Idempotency-Key": key,
+                    "X-Forwarded-For": "203.0.113.9",
+                    "X-Forwarded-Proto": "https",
+                    "X-Forwarded-Host": "shop.example",
+                },
+            )
+    finally:
+        gateway.stop()
+    seen = n8n.calls_for(key)[0].headers
+    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert (seen["x-forwarded-proto"], seen["x-forwarded-host"]) == ("https", "shop.example")
+
+
+async def test_a_failed_attempt_is_logged_by_a_serving_process(
+    gateway_env: dict[str, str], database_url: str, n8n: FakeN8n
+) -> None:
+    api_key = await new_api_key(database_url)
+    key = f"logged-{uuid.uuid4()}"
+    gateway = Gateway(gateway_env)
+    try:
+        async with httpx.AsyncClient(base_url=gateway.base_url) as client:
+            answer = await client.post(
+                "/webhook/fail",
+                json={},
+                headers={"Authorization": f"Bearer {api_key}", "Idempotency-Key": key},
+            )
+    finally:
+        gateway.stop()
+    assert answer.status_code == 500
+    line = next(line for line in gateway.output().splitlines() if key in line)
+    assert " WARNING app.executions.service: attempt failed: " in line
+    assert "workflow=webhook/fail" in line
+    assert "error=n8n-error" in line

@@ -81,9 +81,38 @@ async def test_every_trigger_answer_points_at_its_execution(client: httpx.AsyncC
     replay = await client.post("/webhook/echo", json={}, headers={"Idempotency-Key": key})
     reused = await client.post("/webhook/echo", json={"x": 1}, headers={"Idempotency-Key": key})
     expected = "/v1/executions/order%207%2F%3F%3F"
-    assert fresh.headers["location"] == replay.headers["location"] == expected
-    assert reused.headers["location"] == expected
+    assert fresh.headers["n8n-gate-execution"] == expected
+    assert replay.headers["n8n-gate-execution"] == expected
+    assert reused.headers["n8n-gate-execution"] == expected
     assert (await client.get(expected)).json()["key"] == key
+
+
+async def test_n8n_s_own_location_reaches_the_caller_on_first_answers_and_replays(
+    client: httpx.AsyncClient, n8n: FakeN8n
+) -> None:
+    """A Respond to Webhook redirect keeps its Location; the execution's URL has its own header."""
+    key = new_key()
+    fresh = await client.post("/webhook/redirect", json={}, headers={"Idempotency-Key": key})
+    replay = await client.post("/webhook/redirect", json={}, headers={"Idempotency-Key": key})
+    for answer in (fresh, replay):
+        assert answer.status_code == 307
+        assert answer.headers.get_list("location") == ["https://shop.example/thanks"]
+        assert answer.headers["n8n-gate-execution"] == f"/v1/executions/{key}"
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert len(n8n.calls_for(key)) == 1
+
+
+async def test_a_replayed_header_sent_by_n8n_is_not_believed(
+    client: httpx.AsyncClient, n8n: FakeN8n
+) -> None:
+    """Idempotent-Replayed and N8n-Gate-* are the gateway's: n8n cannot set them for it."""
+    key = new_key()
+    fresh = await client.post("/webhook/impostor", json={}, headers={"Idempotency-Key": key})
+    replay = await client.post("/webhook/impostor", json={}, headers={"Idempotency-Key": key})
+    assert "idempotent-replayed" not in fresh.headers
+    assert fresh.headers["n8n-gate-execution"] == f"/v1/executions/{key}"
+    assert replay.headers.get_list("idempotent-replayed") == ["true"]
+    assert replay.headers.get_list("n8n-gate-execution") == [f"/v1/executions/{key}"]
 
 
 async def test_a_quoted_key_and_its_bare_form_are_the_same_key(
@@ -102,7 +131,7 @@ async def test_escapes_in_a_quoted_key_are_unescaped(client: httpx.AsyncClient) 
     response = await client.post(
         "/webhook/echo", json={}, headers={"Idempotency-Key": r'"say \"hi\""'}
     )
-    status = await client.get(response.headers["location"])
+    status = await client.get(response.headers["n8n-gate-execution"])
     assert status.json()["key"] == 'say "hi"'
 
 
@@ -222,10 +251,27 @@ async def test_paths_with_several_segments_and_a_trailing_slash_are_forwarded(
     assert status["workflow"] == "orders/42/items"
 
 
-async def test_get_on_a_trigger_path_is_405(client: httpx.AsyncClient) -> None:
-    response = await client.get("/webhook/echo", headers={"Idempotency-Key": new_key()})
+async def test_get_and_head_webhooks_are_triggers_like_any_other(
+    client: httpx.AsyncClient, n8n: FakeN8n
+) -> None:
+    get_key, head_key = new_key(), new_key()
+    fresh = await client.get("/webhook/lookup?sku=7", headers={"Idempotency-Key": get_key})
+    replay = await client.get("/webhook/lookup?sku=7", headers={"Idempotency-Key": get_key})
+    assert (fresh.status_code, fresh.json()) == (200, {"found": True})
+    assert (replay.content, replay.headers["idempotent-replayed"]) == (fresh.content, "true")
+    assert [(c.method, c.query) for c in n8n.calls_for(get_key)] == [("GET", "sku=7")]
+
+    head = await client.head("/webhook/probe", headers={"Idempotency-Key": head_key})
+    head_replay = await client.head("/webhook/probe", headers={"Idempotency-Key": head_key})
+    assert (head.status_code, head.content, head.headers["x-probe"]) == (200, b"", "ok")
+    assert (head_replay.content, head_replay.headers["x-probe"]) == (b"", "ok")
+    assert [c.method for c in n8n.calls_for(head_key)] == ["HEAD"]
+
+
+async def test_options_on_a_trigger_path_is_405(client: httpx.AsyncClient) -> None:
+    response = await client.options("/webhook/echo", headers={"Idempotency-Key": new_key()})
     problem = assert_problem(response, 405, "method-not-allowed")
-    assert response.headers["allow"] == "POST, PUT, PATCH, DELETE"
+    assert response.headers["allow"] == "GET, HEAD, POST, PUT, PATCH, DELETE"
     assert problem["instance"] == "/webhook/echo"
 
 
@@ -275,7 +321,7 @@ async def test_the_openapi_schema_documents_the_trigger_paths(client: httpx.Asyn
     paths = (await client.get("/openapi.json")).json()["paths"]
     for mode in ("webhook", "webhook-test"):
         operations = paths[f"/{mode}/{{path}}"]
-        assert sorted(operations) == ["delete", "patch", "post", "put"]
+        assert sorted(operations) == ["delete", "get", "head", "patch", "post", "put"]
         headers = {p["name"] for p in operations["post"]["parameters"] if p["in"] == "header"}
         assert headers == {"Idempotency-Key", "Prefer", "N8n-Gate-Key"}
     assert "/v1/executions/{key}" in paths

@@ -1,0 +1,241 @@
+"""The gateway in front of a real n8n (tests/real_n8n.py): what it records and replays is what
+n8n answered, and every trigger runs its workflow once, through restarts of n8n included.
+Runs per key are read from n8n's own database."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.conftest import ClientFactory, GatewayClient
+from tests.executions_api import new_key, status_of, until_status
+from tests.real_n8n import LATE_ID, PAGE, REDIRECT_TO, RealN8n
+
+pytestmark = pytest.mark.slow
+
+# Headers a replay may differ in: regenerated on every answer, or the gateway's own.
+VOLATILE = {"date", "content-length", "idempotent-replayed", "connection", "keep-alive"}
+
+
+@pytest.fixture
+async def gate(real_n8n: RealN8n, make_client: ClientFactory) -> AsyncIterator[GatewayClient]:
+    async with make_client(
+        n8n_base_url=real_n8n.base_url,
+        n8n_startup_wait_seconds=60,
+        retry_base_seconds=0.5,
+        retry_cap_seconds=5,
+        retry_max_attempts=30,
+    ) as client:
+        yield client
+
+
+def lasting(response: httpx.Response) -> list[tuple[str, str]]:
+    return sorted((k, v) for k, v in response.headers.multi_items() if k not in VOLATILE)
+
+
+@dataclass(frozen=True)
+class Case:
+    method: str
+    path: str
+    status: int
+    body: bytes | None = None
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case("POST", "echo", 200),
+        Case("POST", "started", 200, b'{"message":"Workflow was started"}'),
+        Case("POST", "respond", 201, b'{"ok":true,"order":7}'),
+        Case("POST", "redirect", 307),
+        Case("POST", "customer", 404, b'{"message":"Customer 42 is not registered"}'),
+        Case("POST", "page", 200, PAGE.encode()),
+        Case("GET", "lookup", 200),
+        Case("HEAD", "probe", 200, b""),
+    ],
+    ids=lambda case: case.path,
+)
+async def test_a_replay_is_n8n_s_answer_byte_for_byte_and_the_workflow_ran_once(
+    gate: GatewayClient, real_n8n: RealN8n, case: Case
+) -> None:
+    key = new_key()
+    # Over 1 KiB: n8n gzips its answer, the gateway decodes it.
+    body = {"order": 7, "note": "x" * 2048} if case.method == "POST" else None
+    headers = {"Idempotency-Key": key}
+    first = await gate.request(case.method, f"/webhook/{case.path}", json=body, headers=headers)
+    again = await gate.request(case.method, f"/webhook/{case.path}", json=body, headers=headers)
+    assert first.status_code == case.status, first.text
+    if case.body is not None:
+        assert first.content == case.body
+    assert (again.status_code, again.content) == (first.status_code, first.content)
+    assert lasting(again) == lasting(first)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert (await status_of(gate, key))["status"] == "completed"
+    assert real_n8n.settled_runs_for([key]) == {key: 1}
+    if case.path == "echo":
+        assert first.json()["body"] == body
+        assert first.json()["headers"]["idempotency-key"] == key
+    if case.path == "respond":
+        assert first.headers["x-execution-id"].isdigit()
+    if case.path == "redirect":
+        assert first.headers["location"] == REDIRECT_TO
+        assert first.headers["n8n-gate-execution"] == f"/v1/executions/{key}"
+
+
+async def test_a_failing_workflow_is_recorded_failed_and_runs_again_on_retry(
+    gate: GatewayClient, real_n8n: RealN8n
+) -> None:
+    key = new_key()
+    first = await gate.post("/webhook/fail", json={}, headers={"Idempotency-Key": key})
+    status = await status_of(gate, key)
+    assert first.status_code == 500
+    assert (status["status"], status["last_error"]["type"]) == ("failed", "n8n-error")  # type: ignore[index]
+
+
+async def test_a_wrong_method_is_n8n_s_404_and_not_retried(
+    gate: GatewayClient, real_n8n: RealN8n
+) -> None:
+    key = new_key()
+    accepted = await gate.delete(
+        "/webhook/lookup", headers={"Idempotency-Key": key, "Prefer": "respond-async"}
+    )
+    assert accepted.status_code == 202
+    status = await until_status(gate, key, "failed")
+    assert (status["attempts"], status["next_attempt_at"]) == (1, None)
+    assert status["last_error"]["type"] == "n8n-method-not-registered"  # type: ignore[index]
+
+
+async def test_concurrent_duplicates_run_the_workflow_once(
+    gate: GatewayClient, real_n8n: RealN8n
+) -> None:
+    key = new_key()
+    headers = {"Idempotency-Key": key, "Prefer": "wait=30"}
+    answers = await asyncio.gather(
+        *(gate.post("/webhook/slow", json={"n": 1}, headers=headers) for _ in range(20))
+    )
+    assert {a.status_code for a in answers} == {200}
+    assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 19
+    assert len({a.content for a in answers}) == 1
+    assert real_n8n.settled_runs_for([key]) == {key: 1}
+
+
+async def test_an_inactive_workflow_is_delivered_once_it_is_activated(
+    gate: GatewayClient, real_n8n: RealN8n
+) -> None:
+    key = new_key()
+    headers = {"Idempotency-Key": key, "Prefer": "respond-async"}
+    assert (await gate.post("/webhook/late", json={"n": 1}, headers=headers)).status_code == 202
+    waiting = await until_status(gate, key, "pending", attempts=1)
+    assert waiting["last_error"]["type"] == "n8n-not-registered"  # type: ignore[index]
+    real_n8n.publish(LATE_ID)  # picked up at n8n's next start
+    await asyncio.to_thread(restart, real_n8n)
+    done = await until_status(gate, key, "completed", within=60)
+    assert done["response_status"] == 200
+    assert real_n8n.settled_runs_for([key]) == {key: 1}
+
+
+async def test_a_backlog_accepted_while_n8n_is_down_is_delivered_once_each(
+    gate: GatewayClient, real_n8n: RealN8n
+) -> None:
+    keys = [new_key() for _ in range(20)]
+    await asyncio.to_thread(real_n8n.stop)
+    try:
+        for key in keys:
+            accepted = await gate.post(
+                "/webhook/echo",
+                json={"key": key},
+                headers={"Idempotency-Key": key, "Prefer": "respond-async"},
+            )
+            assert accepted.status_code == 202
+    finally:
+        await asyncio.to_thread(real_n8n.start, wait=False)
+    done = [await until_status(gate, key, "completed", within=120) for key in keys]
+    await asyncio.to_thread(real_n8n.wait_ready)
+    assert {d["response_status"] for d in done} == {200}
+    assert set(real_n8n.settled_runs_for(keys).values()) == {1}
+
+
+async def test_every_trigger_of_a_stream_runs_once_through_three_restarts_of_n8n(
+    gate: GatewayClient, real_n8n: RealN8n
+) -> None:
+    """Sync callers retry what the gateway says to retry (5xx, connection errors), as a
+    client would; async triggers are accepted throughout. Three restarts of n8n meanwhile."""
+    stop = asyncio.Event()
+    sync_keys: list[str] = []
+    async_keys: list[str] = []
+    answers: dict[str, httpx.Response] = {}
+
+    async def call_until_answered(key: str) -> None:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                answer = await gate.post(
+                    "/webhook/echo", json={"key": key}, headers={"Idempotency-Key": key}
+                )
+            except httpx.TransportError:
+                continue
+            final = answer.status_code < 500 and answer.status_code != 409
+            if final or "idempotent-replayed" in answer.headers:
+                answers[key] = answer
+                return
+            await asyncio.sleep(0.5)
+
+    async def produce() -> list[asyncio.Task[None]]:
+        tasks = []
+        while not stop.is_set():
+            sync_key, async_key = new_key(), new_key()
+            sync_keys.append(sync_key)
+            tasks.append(asyncio.create_task(call_until_answered(sync_key)))
+            async_keys.append(async_key)
+            accepted = await gate.post(
+                "/webhook/echo",
+                json={"key": async_key},
+                headers={"Idempotency-Key": async_key, "Prefer": "respond-async"},
+            )
+            assert accepted.status_code == 202
+            await asyncio.sleep(0.15)
+        return tasks
+
+    producer = asyncio.create_task(produce())
+    for _ in range(3):
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(restart, real_n8n)
+    await asyncio.sleep(1.5)
+    stop.set()
+    await asyncio.gather(*await producer)
+
+    assert set(answers) == set(sync_keys)
+    for key, answer in answers.items():
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["body"] == {"key": key}
+    for key in async_keys:
+        done = await until_status(gate, key, "completed", within=120)
+        assert done["response_status"] == 200
+    every_key = sync_keys + async_keys
+    runs = real_n8n.settled_runs_for(every_key)
+    # Where n8n left the outcome unknown (it hung up, or answered "There was a problem
+    # executing the workflow" as it stopped) the policy (retry) may have run it twice.
+    unknown = [key for key in every_key if await had_unknown_outcome(gate, key)]
+    assert {k: n for k, n in runs.items() if n != 1 and k not in unknown} == {}
+    assert {k: n for k, n in runs.items() if k in unknown and n not in (1, 2)} == {}
+    assert len(every_key) >= 60
+    assert len(unknown) <= len(every_key) // 20, unknown
+
+
+async def had_unknown_outcome(client: GatewayClient, key: str) -> bool:
+    history = (await status_of(client, key))["attempt_history"]
+    return any(a["error"] and a["error"]["type"] in UNKNOWN for a in history)  # type: ignore[union-attr,index]
+
+
+UNKNOWN = {"n8n-could-not-execute", "n8n-connection-lost", "n8n-read-timeout"}
+
+
+def restart(n8n: RealN8n) -> None:
+    n8n.stop(signal.SIGTERM)
+    n8n.start()
