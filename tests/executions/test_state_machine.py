@@ -82,7 +82,10 @@ async def test_a_workflow_error_is_returned_and_the_next_request_runs_again(
     assert failed.json() == {"message": "Error in workflow"}
     status = await status_of(client, key)
     assert status["status"] == "failed"
-    assert status["last_error"] == {"type": "n8n-error", "detail": "n8n answered 500: Error in workflow"}
+    assert status["last_error"] == {
+        "type": "n8n-error",
+        "detail": "n8n answered 500: Error in workflow",
+    }
 
     retried = await client.post("/webhook/flaky", json={}, headers=headers)
     assert retried.status_code == 200
