@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+import urllib.request
 import zlib
 from dataclasses import dataclass
 
@@ -73,6 +74,10 @@ class _TooLarge(Exception):
     pass
 
 
+class _NotWritten(Exception):
+    """The connection closed before the request was written whole: n8n cannot have run it."""
+
+
 class UndecodableAnswer(Exception):
     pass
 
@@ -117,10 +122,12 @@ class N8nClient:
         self._max_answer_bytes = max_answer_bytes
         self._startup_wait_seconds = startup_wait_seconds
         self._session: aiohttp.ClientSession | None = None
+        self._proxy: str | None = None
         self.readiness = Readiness(self._probe_ready, poll_seconds=readiness_poll_seconds)
 
     async def __aenter__(self) -> N8nClient:
         self._session = _session(self._max_connections)
+        self._proxy = proxy_for(self._base_url)
         await self.readiness.__aenter__()
         return self
 
@@ -155,7 +162,7 @@ class N8nClient:
         deadline = time.monotonic() + self._startup_wait_seconds
         while True:
             try:
-                response = await self._send_once(outbound)
+                response = await self._send_unwritten_again(outbound)
             except N8nUnreachable as exc:
                 if exc.maybe_ran or not await self._waited_for_start(deadline, outage=True):
                     raise
@@ -168,6 +175,24 @@ class N8nClient:
                 if outage:
                     raise _starting(self._startup_wait_seconds)
                 return response  # "not registered" all along: that is n8n's answer
+
+    async def _send_unwritten_again(self, outbound: Outbound) -> N8nResponse:
+        """A kept-alive connection n8n closed between its last answer and this request's
+        write fails the write; nothing reached n8n whole, so it is sent once more, on a new
+        connection. (Any failure after the write may have run the workflow: never resent.)"""
+        try:
+            return await self._send_once(outbound)
+        except _NotWritten:
+            pass
+        try:
+            return await self._send_once(outbound)
+        except _NotWritten as exc:
+            raise N8nUnreachable(
+                f"n8n closed the connection before the request was sent ({exc.__cause__}); "
+                "nothing ran. Retry with the same key.",
+                cause="n8n-connection-closed",
+                maybe_ran=False,
+            ) from exc
 
     async def _is_starting(self, response: N8nResponse) -> bool:
         """n8n's start-up pages; and "not registered" while n8n is not ready, or was ready
@@ -202,6 +227,10 @@ class N8nClient:
             raise self._read_timed_out() from exc
         except _TooLarge as exc:
             raise self._too_large(exc) from exc
+        except aiohttp.ClientOSError as exc:
+            if _failed_to_write(exc):
+                raise _NotWritten from exc
+            raise self._lost(exc) from exc
         except (aiohttp.ClientError, OSError, UndecodableAnswer) as exc:
             raise self._lost(exc) from exc
 
@@ -218,6 +247,7 @@ class N8nClient:
                 total=None, connect=self._connect_timeout, sock_connect=self._connect_timeout
             ),
             allow_redirects=False,
+            proxy=self._proxy,
         ) as response:
             if response.status < 200:  # 101 and other interim answers are not n8n's answer
                 response.close()
@@ -320,9 +350,17 @@ class N8nClient:
 _BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 
+def proxy_for(base_url: str) -> str | None:
+    """The proxy for n8n's origin from HTTPS_PROXY / HTTP_PROXY / NO_PROXY, decided once: with
+    trust_env aiohttp decides it again on every request, in a thread."""
+    url = URL(base_url)
+    if urllib.request.proxy_bypass(url.host or ""):
+        return None
+    return urllib.request.getproxies().get(url.scheme)
+
+
 def _session(max_connections: int) -> aiohttp.ClientSession:
-    """One session for the process; TLS verified against the system's CAs or SSL_CERT_FILE,
-    proxies from HTTPS_PROXY / HTTP_PROXY / NO_PROXY."""
+    """One session for the process; TLS verified against the system's CAs or SSL_CERT_FILE."""
     connector = aiohttp.TCPConnector(
         limit=max_connections,
         limit_per_host=0,
@@ -331,7 +369,6 @@ def _session(max_connections: int) -> aiohttp.ClientSession:
     )
     session = aiohttp.ClientSession(
         connector=connector,
-        trust_env=True,
         skip_auto_headers=("User-Agent", "Accept", "Content-Type"),
         max_line_size=MAX_HEADER_BYTES,
         max_field_size=MAX_HEADER_BYTES,
@@ -350,6 +387,14 @@ def _never_resend(session: aiohttp.ClientSession) -> None:
     if not hasattr(session, "_retry_connection"):
         raise RuntimeError("this aiohttp has no _retry_connection: check it cannot resend")
     session._retry_connection = False
+
+
+def _failed_to_write(exc: aiohttp.ClientOSError) -> bool:
+    """aiohttp's writer refused to write on a closing connection (it raises that before a
+    byte of the failed write leaves); reading errors are of other types."""
+    return isinstance(exc, aiohttp.ClientConnectionResetError) or isinstance(
+        exc.__cause__, aiohttp.ClientConnectionResetError
+    )
 
 
 def _decoded(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -15,10 +15,11 @@ import ssl
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 import trustme
+from aiohttp.http_writer import StreamWriter
 
 from app.errors import ForwardFailed, N8nAnswerTooLarge, N8nTimeout, N8nUnreachable
 from app.forwarding.client import N8nClient, N8nResponse, Outbound
@@ -364,7 +365,47 @@ async def test_connection_the_server_closed_while_idle_is_not_reused(
     server = await serve(Answer(OK, close=True), Answer(OK))
     client = await clients(server.url)
     await post(client)
+    deadline = asyncio.get_running_loop().time() + 5
+    while any(proto.is_connected() for conns in pooled(client) for proto, _ in conns):
+        # until this side has seen the close
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
     assert (await post(client)).status == 200
+    assert server.connections == 2
+
+
+def pooled(client: N8nClient) -> list[Any]:
+    session = client._session
+    assert session is not None
+    return list(session.connector._conns.values())  # type: ignore[union-attr]
+
+
+async def test_a_connection_closed_just_before_the_write_is_sent_again_on_a_new_one(
+    serve: RawServerFactory, clients: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """n8n closed the kept-alive connection after its last answer, and the close lands
+    between taking the connection and writing on it: nothing reached n8n, so the one resend
+    the gateway allows itself is safe."""
+    server = await serve(Answer(OK), Answer(OK))
+    client = await clients(server.url)
+    await post(client)
+    armed = [True]
+
+    def closing_first(write: Callable[..., None]) -> Callable[..., None]:
+        def write_on_a_closing_connection(self: StreamWriter, data: Any) -> None:
+            if armed:
+                armed.clear()
+                assert self.transport is not None
+                self.transport.close()  # as if n8n's FIN had just been read
+            write(self, data)
+
+        return write_on_a_closing_connection
+
+    for name in ("_write", "_writelines"):
+        monkeypatch.setattr(StreamWriter, name, closing_first(getattr(StreamWriter, name)))
+    response = await post(client, b'{"n":2}')
+    assert response.body == b'{"ok":true}'
+    assert [r.endswith(b'{"n":2}') for r in server.requests] == [False, True]
     assert server.connections == 2
 
 
