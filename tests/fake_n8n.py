@@ -59,6 +59,12 @@ TEST_HINT = (
 )
 
 
+class N8nJSON(JSONResponse):
+    """JSON as n8n (Express) sends it."""
+
+    media_type = "application/json; charset=utf-8"
+
+
 @dataclass(frozen=True)
 class Call:
     method: str
@@ -122,14 +128,14 @@ class FakeN8n:
     async def _health(self, request: Request) -> Response:
         if self.phase == "starting":
             return HTMLResponse(STARTING_PAGE)
-        return JSONResponse({"status": "ok"})
+        return N8nJSON({"status": "ok"})
 
     async def _readiness(self, request: Request) -> Response:
         with self._lock:
             self.readiness_probes += 1
         if self.phase != "ready":
-            return JSONResponse({"status": "error"}, status_code=503)
-        return JSONResponse({"status": "ok"})
+            return N8nJSON({"status": "error"}, status_code=503)
+        return N8nJSON({"status": "ok"})
 
     def _starting_answer(self, request: Request, path: str, *, test: bool) -> Response | None:
         """n8n's own answer while it starts, or None once it is ready."""
@@ -171,11 +177,11 @@ class FakeN8n:
         }.get(path)
         if path == "lookup":
             if request.method == "GET":
-                return JSONResponse({"found": True})
+                return N8nJSON({"found": True})
             return _did_you_mean(request.method, "GET")
         if path == "probe":
             if request.method == "HEAD":
-                return Response(headers={"X-Probe": "ok", "Content-Type": "application/json"})
+                return Response(headers={"X-Probe": "ok"}, media_type=N8nJSON.media_type)
             return _did_you_mean(request.method, "HEAD")
         if path == "multi":
             if request.method in ("GET", "POST", "PUT"):
@@ -213,13 +219,13 @@ class FakeN8n:
 
     async def _echo(self, call: Call) -> Response:
         received: Any = json.loads(call.body) if call.body else None
-        return JSONResponse({"received": received, "query": call.query, "headers": call.headers})
+        return N8nJSON({"received": received, "query": call.query, "headers": call.headers})
 
     async def _started(self, call: Call) -> Response:
-        return JSONResponse({"message": "Workflow was started"})
+        return N8nJSON({"message": "Workflow was started"})
 
     async def _fail(self, call: Call) -> Response:
-        return JSONResponse({"message": "Error in workflow"}, status_code=500)
+        return N8nJSON({"message": "Error in workflow"}, status_code=500)
 
     async def _slow(self, call: Call) -> Response:
         with self._lock:
@@ -255,7 +261,7 @@ class FakeN8n:
             left = self.failures_left.get(key, 0)
             self.failures_left[key] = max(left - 1, 0)
         if left > 0:
-            return JSONResponse({"message": "Too many requests"}, 429, {"Retry-After": "1"})
+            return N8nJSON({"message": "Too many requests"}, 429, {"Retry-After": "1"})
         return await self._echo(call)
 
     async def _binary(self, call: Call) -> Response:
@@ -270,23 +276,27 @@ class FakeN8n:
         )
 
     async def _missing_order(self, call: Call) -> Response:
-        return JSONResponse({"error": "order not found"}, status_code=404)
+        return N8nJSON({"error": "order not found"}, status_code=404)
 
     async def _customer(self, call: Call) -> Response:
-        return JSONResponse({"message": "Customer 42 is not registered"}, status_code=404)
+        return N8nJSON({"message": "Customer 42 is not registered"}, status_code=404)
 
     async def _redirect(self, call: Call) -> Response:
-        return Response(status_code=307, headers={"Location": "https://shop.example/thanks"})
+        return Response(
+            status_code=307,
+            headers={"Location": "https://shop.example/thanks"},
+            media_type=N8nJSON.media_type,
+        )
 
     async def _page(self, call: Call) -> Response:
         return HTMLResponse(f"<html><body><p>{STARTING_PAGE}</p></body></html>")
 
     async def _stopping(self, call: Call) -> Response:
         message = "There was a problem executing the workflow"
-        return JSONResponse({"code": 0, "message": message}, status_code=500)
+        return N8nJSON({"code": 0, "message": message}, status_code=500)
 
     async def _impostor(self, call: Call) -> Response:
-        return JSONResponse(
+        return N8nJSON(
             {"ok": True},
             headers={"Idempotent-Replayed": "true", "N8n-Gate-Execution": "/v1/executions/other"},
         )
@@ -294,7 +304,7 @@ class FakeN8n:
 
 def _not_registered(method: str, path: str, *, test: bool) -> Response:
     name = f"{path}" if test else f"{method} {path}"
-    return JSONResponse(
+    return N8nJSON(
         {
             "code": 404,
             "message": f'The requested webhook "{name}" is not registered.',
@@ -315,7 +325,7 @@ def _express_404(method: str, path: str) -> Response:
 
 
 def _did_you_mean(method: str, registered: str) -> Response:
-    return JSONResponse(
+    return N8nJSON(
         {
             "code": 404,
             "message": f"This webhook is not registered for {method} requests. "

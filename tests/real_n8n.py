@@ -11,6 +11,8 @@ Workflow "gate-tests" holds one Webhook node per behaviour the gateway must keep
     POST page       Respond to Webhook: a 200 text/html page of the workflow's own
     POST slow       a Wait node (3 s), then the item
     POST fail       Stop and Error: the workflow fails (500 "Error in workflow")
+    POST binary     Convert to File from the body's base64 `data`, answered as binary
+    POST guarded    Header Auth on Authorization (`Bearer hook-secret`), then the item
     GET  lookup     When Last Node Finishes, GET only
     HEAD probe      Immediately, HEAD only
 Workflow "late" (POST late, echo) is imported but not published until a test publishes it.
@@ -40,6 +42,8 @@ LATE_ID = "gateLate00000001"
 SLOW_SECONDS = 3
 REDIRECT_TO = "https://shop.example/thanks"
 PAGE = "<html><body><p>n8n is starting up. Please wait</p></body></html>"
+HOOK_SECRET = "Bearer hook-secret"
+_CREDENTIAL = {"id": "gateHeaderAuth01", "name": "gate header auth"}
 
 
 def install() -> Path:
@@ -83,6 +87,8 @@ class RealN8n:
             "N8N_RUNNERS_ENABLED": "false",
             "EXECUTIONS_DATA_SAVE_ON_SUCCESS": "all",
             "N8N_LOG_LEVEL": "warn",
+            # As n8n's image runs it: in development n8n adds a stack trace to its errors.
+            "NODE_ENV": "production",
         }
 
     def cli(self, *args: str) -> None:
@@ -98,6 +104,9 @@ class RealN8n:
             raise RuntimeError(f"n8n {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
 
     def import_workflows(self) -> None:
+        credentials = self.home / "credentials.json"
+        credentials.write_text(json.dumps([header_auth_credential()]))
+        self.cli("import:credentials", f"--input={credentials}")
         path = self.home / "workflows.json"
         path.write_text(json.dumps([gate_tests_workflow(), late_workflow()]))
         self.cli("import:workflow", f"--input={path}")
@@ -203,6 +212,7 @@ def _node(name: str, node_type: str, parameters: dict[str, Any], *, y: int) -> d
 
 
 _TYPE_VERSIONS = {
+    "n8n-nodes-base.convertToFile": 1.1,
     "n8n-nodes-base.respondToWebhook": 1.1,
     "n8n-nodes-base.wait": 1.1,
     "n8n-nodes-base.stopAndError": 1,
@@ -283,9 +293,36 @@ def gate_tests_workflow() -> dict[str, Any]:
         _webhook("fail", "POST", "lastNode", y=700),
         _node("stop", "n8n-nodes-base.stopAndError", {"errorMessage": "boom"}, y=700),
     )
+    binary = _webhook("binary", "POST", "responseNode", y=1000)
+    to_file = _node(
+        "to file",
+        "n8n-nodes-base.convertToFile",
+        {
+            "operation": "toBinary",
+            "sourceProperty": "body.data",
+            "options": {"mimeType": "application/octet-stream", "fileName": "bytes.bin"},
+        },
+        y=1000,
+    )
+    answer_file = _respond("respond binary", y=1100, respondWith="binary")
+    nodes.extend([binary, to_file, answer_file])
+    connections[binary["name"]] = {"main": [[{"node": "to file", "type": "main", "index": 0}]]}
+    connections["to file"] = {"main": [[{"node": "respond binary", "type": "main", "index": 0}]]}
+    guarded = _webhook("guarded", "POST", "lastNode", y=1200)
+    guarded["parameters"]["authentication"] = "headerAuth"
+    guarded["credentials"] = {"httpHeaderAuth": _CREDENTIAL}
+    add(guarded)
     add(_webhook("lookup", "GET", "lastNode", y=800))
     add(_webhook("probe", "HEAD", "onReceived", y=900))
     return _workflow(GATE_TESTS_ID, "gate-tests", nodes, connections)
+
+
+def header_auth_credential() -> dict[str, Any]:
+    return {
+        **_CREDENTIAL,
+        "type": "httpHeaderAuth",
+        "data": {"name": "Authorization", "value": HOOK_SECRET},
+    }
 
 
 def late_workflow() -> dict[str, Any]:

@@ -5,6 +5,7 @@ Runs per key are read from n8n's own database."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -15,7 +16,8 @@ import pytest
 
 from tests.conftest import ClientFactory, GatewayClient
 from tests.executions_api import new_key, status_of, until_status
-from tests.real_n8n import LATE_ID, PAGE, REDIRECT_TO, RealN8n
+from tests.fake_n8n import FakeN8n
+from tests.real_n8n import HOOK_SECRET, LATE_ID, PAGE, REDIRECT_TO, RealN8n
 
 pytestmark = pytest.mark.slow
 
@@ -239,3 +241,87 @@ UNKNOWN = {"n8n-could-not-execute", "n8n-connection-lost", "n8n-read-timeout"}
 def restart(n8n: RealN8n) -> None:
     n8n.stop(signal.SIGTERM)
     n8n.start()
+
+
+async def test_a_binary_answer_is_replayed_byte_for_byte(
+    gate: GatewayClient, real_n8n: RealN8n
+) -> None:
+    key = new_key()
+    payload, headers = bytes(range(256)), {"Idempotency-Key": key}
+    body = {"data": base64.b64encode(payload).decode()}
+    first = await gate.post("/webhook/binary", json=body, headers=headers)
+    again = await gate.post("/webhook/binary", json=body, headers=headers)
+    assert (first.status_code, first.content) == (200, payload)
+    assert first.headers["content-type"].startswith("application/octet-stream")
+    assert (again.content, lasting(again)) == (first.content, lasting(first))
+    status = await status_of(gate, key)
+    assert status["response"]["body_encoding"] == "base64"  # type: ignore[index]
+    assert real_n8n.settled_runs_for([key]) == {key: 1}
+
+
+async def test_n8n_s_own_authorization_passes_when_the_gateway_key_is_apart(
+    real_n8n: RealN8n, make_client: ClientFactory, api_key: str
+) -> None:
+    """A Webhook node with Header Auth on Authorization: the caller puts the gateway's key in
+    N8n-Gate-Key, and its Authorization reaches n8n."""
+    good, bad = new_key(), new_key()
+    async with make_client(n8n_base_url=real_n8n.base_url, api_key=None) as gate:
+        allowed = await gate.post(
+            "/webhook/guarded",
+            json={"n": 1},
+            headers={
+                "N8n-Gate-Key": api_key,
+                "Authorization": HOOK_SECRET,
+                "Idempotency-Key": good,
+            },
+        )
+        refused = await gate.post(
+            "/webhook/guarded",
+            json={"n": 1},
+            headers={
+                "N8n-Gate-Key": api_key,
+                "Authorization": "Bearer wrong",
+                "Idempotency-Key": bad,
+            },
+        )
+    assert (allowed.status_code, allowed.json()["body"]) == (200, {"n": 1})
+    assert "n8n-gate-key" not in allowed.json()["headers"]
+    assert refused.status_code == 403  # n8n's own answer, and the workflow did not run
+    assert real_n8n.settled_runs_for([good]) == {good: 1}
+    assert real_n8n.runs_for(bad) == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/webhook/no-such-hook"),
+        ("DELETE", "/webhook/lookup"),
+        ("POST", "/webhook-test/no-such-hook"),
+        ("POST", "/webhook/started"),
+        ("POST", "/webhook/customer"),
+        ("POST", "/webhook/redirect"),
+        ("POST", "/webhook/fail"),
+        ("HEAD", "/webhook/probe"),
+        ("GET", "/healthz/readiness"),
+    ],
+)
+async def test_the_fake_n8n_answers_as_the_real_one(
+    real_n8n: RealN8n, fake_n8n: tuple[FakeN8n, str], method: str, path: str
+) -> None:
+    """Where the fast fake stands in for n8n (its own answers, and the workflows both have),
+    status, content type and body are the real one's."""
+    answers = []
+    for base_url in (real_n8n.base_url, fake_n8n[1]):
+        async with httpx.AsyncClient(base_url=base_url) as n8n:
+            body = None if method in ("GET", "HEAD") else {}
+            answer = await n8n.request(method, path, json=body)
+        answers.append(
+            (
+                answer.status_code,
+                answer.headers.get("content-type"),
+                answer.headers.get("location"),
+                answer.json() if answer.content else None,
+            )
+        )
+    real, fake = answers
+    assert fake == real
