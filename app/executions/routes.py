@@ -40,6 +40,7 @@ from app.executions.trigger import (
     parse_webhook_path,
 )
 from app.forwarding.headers import Via, is_trusted, to_forward
+from app.numbers import ascii_int
 from app.tenants.service import GATE_KEY_HEADER
 
 # Every method n8n's Webhook node takes.
@@ -287,8 +288,8 @@ def _accepted(accepted: Accepted, *, key: str) -> Response:
 
 
 async def _read_body(request: Request, *, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = ascii_int(request.headers.get("content-length", ""), max_digits=19)
+    if declared is not None and declared > limit:
         raise _too_large(limit)
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from app.errors import InvalidRequest
 from app.executions.repo import AttemptRow, ExecutionRow
+from app.numbers import ascii_int
 
 CURSOR_VERSION = "v1"
 
@@ -145,9 +146,10 @@ def decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         version, _, value = raw.partition(":")
-        if version != CURSOR_VERSION:
-            raise ValueError(version)
-        return int(value)
+        before_id = ascii_int(value, max_digits=18)  # ids are bigints
+        if version != CURSOR_VERSION or before_id is None:
+            raise ValueError(raw)
+        return before_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidRequest(
             "The cursor is not one this service issued. Pass next_cursor from a previous page "

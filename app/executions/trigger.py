@@ -10,6 +10,7 @@ from typing import Literal
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from app.errors import InvalidIdempotencyKey, InvalidWebhookPath, MissingIdempotencyKey
+from app.numbers import ascii_int
 
 Mode = Literal["webhook", "webhook-test"]
 
@@ -136,4 +137,4 @@ def parse_prefer_wait(values: list[str]) -> int | None:
     """The `wait` preference in seconds; None when absent or malformed (the RFC says to ignore
     what cannot be understood)."""
     value = parse_preferences(values).get("wait")
-    return int(value) if value is not None and value.isdigit() else None
+    return None if value is None else ascii_int(value, max_digits=9)
