@@ -123,7 +123,19 @@ def _describe(exc: ValidationError) -> str:
         return f"invalid settings: {first['msg']}"
     name = str(first["loc"][0])
     env_name = name.upper() if name.isupper() or name in _UNPREFIXED else f"GATE_{name.upper()}"
-    return f"invalid setting {env_name}: {first['msg']} (got {first.get('input')!r})"
+    return f"invalid setting {env_name}: {first['msg']} (got {_masked(first.get('input'))!r})"
+
+
+def _masked(value: object) -> object:
+    """A value as it may be printed: a password in a URL never is."""
+    if not isinstance(value, str) or "@" not in value:
+        return value
+    scheme, sep, rest = value.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not sep or not at:
+        return "***"
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{location}" if ":" in credentials else value
 
 
 _UNPREFIXED = {"DATABASE_URL", "N8N_BASE_URL"}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.config import Settings, load_settings
+import pytest
+
+from app.config import ConfigError, Settings, load_settings
 
 ENV_EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
 
@@ -22,3 +24,14 @@ def test_env_example_names_every_setting() -> None:
 
 def test_env_example_values_are_the_defaults() -> None:
     assert load_settings(_env_file=ENV_EXAMPLE) == load_settings(_env_file=None)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://gate:hunter2@db:3306/gate", "postgresq://gate:hunter2@db/gate", "gate:hunter2@db"],
+)
+def test_a_bad_database_url_is_named_without_its_password(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_env_file=None, DATABASE_URL=url)
+    assert "DATABASE_URL" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
