@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     pool,
                     interval_seconds=settings.reaper_interval_seconds,
                     batch_size=settings.reaper_batch_size,
+                    failed_keep_seconds=settings.failed_key_retention_seconds,
                 ) as reaper,
             ):
                 executions = ExecutionService(

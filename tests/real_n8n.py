@@ -65,6 +65,7 @@ class RealN8n:
         self._n8n = install_dir / "bin" / "n8n"
         self.home = home
         self.port = free_port()
+        self._broker_port = free_port()  # n8n's task broker listens too (5679 by default)
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[str] | None = None
         self._log = home / "n8n.log"
@@ -76,6 +77,8 @@ class RealN8n:
             "N8N_USER_FOLDER": str(self.home),
             "N8N_PORT": str(self.port),
             "N8N_LISTEN_ADDRESS": "127.0.0.1",
+            "N8N_RUNNERS_BROKER_PORT": str(self._broker_port),
+            "N8N_RUNNERS_BROKER_LISTEN_ADDRESS": "127.0.0.1",
             "N8N_ENCRYPTION_KEY": "n8n-gate-test-encryption-key",
             "DB_TYPE": "sqlite",
             "N8N_DIAGNOSTICS_ENABLED": "false",
@@ -84,9 +87,9 @@ class RealN8n:
             "N8N_PERSONALIZATION_ENABLED": "false",
             "N8N_COMMUNITY_PACKAGES_ENABLED": "false",
             "N8N_SECURE_COOKIE": "false",
-            "N8N_RUNNERS_ENABLED": "false",
             "EXECUTIONS_DATA_SAVE_ON_SUCCESS": "all",
-            "N8N_LOG_LEVEL": "warn",
+            "N8N_LOG_LEVEL": "info",  # in its log file, for when a start fails
+            "N8N_GRACEFUL_SHUTDOWN_TIMEOUT": "15",
             # As n8n's image runs it: in development n8n adds a stack trace to its errors.
             "NODE_ENV": "production",
         }
@@ -119,6 +122,7 @@ class RealN8n:
     def start(self, *, wait: bool = True) -> None:
         assert self.process is None or self.process.poll() is not None
         with self._log.open("a") as log:
+            log.write(f"\n==== n8n-gate tests: n8n start at {time.strftime('%H:%M:%S')}\n")
             self.process = subprocess.Popen(
                 [str(self._n8n), "start"],
                 env=self.env,
@@ -129,6 +133,11 @@ class RealN8n:
             )
         if wait:
             self.wait_ready()
+
+    def ensure_running(self) -> None:
+        """After a test that left it stopped (or a start that failed): running again."""
+        if self.process is None or self.process.poll() is not None:
+            self.start()
 
     def wait_ready(self, within: float = 120.0) -> None:
         """Until its webhooks answer (readiness alone comes before they are registered)."""
@@ -144,7 +153,7 @@ class RealN8n:
                 pass
             time.sleep(0.1)
 
-    def stop(self, sig: signal.Signals = signal.SIGTERM, within: float = 60.0) -> None:
+    def stop(self, sig: signal.Signals = signal.SIGTERM, within: float = 25.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
         os.killpg(self.process.pid, sig)  # n8n's own children too

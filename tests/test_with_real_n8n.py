@@ -25,6 +25,12 @@ pytestmark = pytest.mark.slow
 VOLATILE = {"date", "content-length", "idempotent-replayed", "connection", "keep-alive"}
 
 
+@pytest.fixture(autouse=True)
+def running_n8n(real_n8n: RealN8n) -> RealN8n:
+    real_n8n.ensure_running()
+    return real_n8n
+
+
 @pytest.fixture
 async def gate(real_n8n: RealN8n, make_client: ClientFactory) -> AsyncIterator[GatewayClient]:
     async with make_client(

@@ -107,6 +107,8 @@ class DeliveryWorkers:
                     owner=uuid.uuid4(),
                     max_per_target=settings.delivery_max_per_workflow,
                     limit=limit,
+                    refuse_abandoned=settings.unknown_outcome == "refuse",
+                    failed_keep_seconds=settings.failed_key_retention_seconds,
                 )
         except DatabaseUnavailable:
             return []

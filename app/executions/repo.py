@@ -93,13 +93,15 @@ RECORD_ONE = (
 )
 RETAKE = "SELECT (execution).id, (execution).attempts FROM retake_execution($1, $2, $3, $4)"
 MARK_WAITED = "SELECT mark_execution_waited($1, $2)"
-TAKE_DUE = "SELECT tenant_id, execution FROM take_due_deliveries($1, $2, $3, $4)"
+TAKE_DUE = "SELECT tenant_id, execution FROM take_due_deliveries_v2($1, $2, $3, $4, $5, $6)"
 REQUEUE_FAILED = (
     "SELECT execution_id, idempotency_key FROM requeue_failed_executions($1, $2, $3, $4, $5)"
 )
 RELEASE_UNFORWARDED = "SELECT release_unforwarded_claim($1, $2, $3, $4)"
 # Runs as the owner (SECURITY DEFINER), across tenants, expired rows only.
 REAP_EXPIRED = "SELECT reap_expired_executions($1)"
+# Also as the owner: sync executions whose process died end failed (migration 0004).
+END_ABANDONED = "SELECT end_abandoned_executions($1, $2)"
 RENEW_LEASE = "SELECT renew_execution_lease($1, $2, $3, $4)"
 
 LIST_ATTEMPTS = """
@@ -376,10 +378,26 @@ async def mark_waited(conn: AnyConnection, *, tenant_id: UUID, execution_id: int
 
 
 async def take_due(
-    conn: AnyConnection, *, lease_seconds: float, owner: UUID, max_per_target: int, limit: int
+    conn: AnyConnection,
+    *,
+    lease_seconds: float,
+    owner: UUID,
+    max_per_target: int,
+    limit: int,
+    refuse_abandoned: bool,
+    failed_keep_seconds: float,
 ) -> list[Delivery]:
-    """Take up to `limit` due deliveries (migration 0003); one transaction for all."""
-    records = await conn.fetch(TAKE_DUE, lease_seconds, owner, max_per_target, limit)
+    """Take up to `limit` due deliveries (migration 0004); one transaction for all. With
+    `refuse_abandoned`, a delivery whose process died ends failed instead of being taken."""
+    records = await conn.fetch(
+        TAKE_DUE,
+        lease_seconds,
+        owner,
+        max_per_target,
+        limit,
+        refuse_abandoned,
+        failed_keep_seconds,
+    )
     return [_delivery(record) for record in records]
 
 
@@ -431,6 +449,11 @@ async def release_unforwarded(
 async def reap_expired(conn: AnyConnection, *, batch_size: int) -> int:
     deleted: int = await conn.fetchval(REAP_EXPIRED, batch_size)
     return deleted
+
+
+async def end_abandoned(conn: AnyConnection, *, batch_size: int, keep_seconds: float) -> int:
+    ended: int = await conn.fetchval(END_ABANDONED, batch_size, keep_seconds)
+    return ended
 
 
 async def renew_lease(

@@ -1,4 +1,5 @@
-"""The reaper: deletes expired executions in small batches, in every gateway process.
+"""The reaper: deletes expired executions in small batches, in every gateway process, and
+ends the sync executions whose process died before recording an outcome.
 
 Batches are separate short transactions that skip rows another reaper holds, so several
 processes can reap at once and none holds locks for long.
@@ -18,10 +19,18 @@ logger = logging.getLogger(__name__)
 
 
 class Reaper:
-    def __init__(self, pool: db.Pool, *, interval_seconds: float, batch_size: int) -> None:
+    def __init__(
+        self,
+        pool: db.Pool,
+        *,
+        interval_seconds: float,
+        batch_size: int,
+        failed_keep_seconds: float,
+    ) -> None:
         self._pool = pool
         self._interval_seconds = interval_seconds
         self._batch_size = batch_size
+        self._failed_keep_seconds = failed_keep_seconds
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Reaper:
@@ -42,10 +51,29 @@ class Reaper:
             if deleted < self._batch_size:
                 return total
 
+    async def end_abandoned_once(self) -> int:
+        """End every sync execution whose process died (its lease ran out): failed, with an
+        unknown outcome, expiring as failed executions do. Return how many."""
+        total = 0
+        while True:
+            async with db.connection(self._pool) as conn:
+                ended = await repo.end_abandoned(
+                    conn, batch_size=self._batch_size, keep_seconds=self._failed_keep_seconds
+                )
+            total += ended
+            if ended < self._batch_size:
+                return total
+
     async def _run_forever(self) -> None:
         while True:
             await asyncio.sleep(self._interval_seconds)
             try:
+                if ended := await self.end_abandoned_once():
+                    logger.warning(
+                        "ended %d executions whose gateway process died mid-forward "
+                        "(failed, outcome unknown)",
+                        ended,
+                    )
                 if deleted := await self.reap_once():
                     logger.info("reaped %d expired executions", deleted)
             except DatabaseUnavailable:

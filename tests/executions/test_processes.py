@@ -218,3 +218,28 @@ async def test_a_failed_attempt_is_logged_by_a_serving_process(
     assert " WARNING app.executions.service: attempt failed: " in line
     assert "workflow=webhook/fail" in line
     assert "error=n8n-error" in line
+
+
+async def test_a_sync_execution_whose_process_died_ends_failed_and_expires(
+    gateway_env: dict[str, str], database_url: str, n8n: FakeN8n, make_client: ClientFactory
+) -> None:
+    api_key = await new_api_key(database_url)
+    key = f"abandoned-{uuid.uuid4()}"
+    headers = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": key}
+    victim = Gateway(gateway_env)
+    async with httpx.AsyncClient(base_url=victim.base_url, headers=headers) as to_victim:
+        in_flight = asyncio.create_task(to_victim.post("/webhook/slow", json={"n": 1}))
+        await asyncio.to_thread(wait_until, lambda: n8n.calls_for(key), what="the forward")
+        victim.stop(signal.SIGKILL)
+        with pytest.raises(httpx.TransportError):
+            await in_flight
+    async with make_client(api_key=api_key, reaper_interval_seconds=0) as client:
+        deadline = time.monotonic() + 10
+        while not await client.services.reaper.end_abandoned_once():  # once the lease ran out
+            assert time.monotonic() < deadline, "never ended"
+            await asyncio.sleep(0.1)
+        status = (await client.get(f"/v1/executions/{key}")).json()
+    assert (status["status"], status["outcome_unknown"]) == ("failed", True)
+    assert status["last_error"]["type"] == "abandoned"
+    assert status["expires_at"] is not None
+    assert [a["outcome"] for a in status["attempt_history"]] == ["abandoned"]
