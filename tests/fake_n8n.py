@@ -14,6 +14,7 @@ Registered production webhooks (method, path → behaviour):
     POST redirect      "Respond to Webhook" redirect: 307 with its own Location
     POST page          "Respond to Webhook" HTML page, 200 (a workflow's own HTML: final)
     POST impostor      answers with headers that only the gateway may set
+    POST guarded       Header Auth: Authorization must be "Bearer hook-secret", else n8n's 403
     POST stopping      n8n stopping: 500 "There was a problem executing the workflow" (it may
                        run the execution at its next start, or never)
     GET  lookup        only GET is registered: other methods get n8n's "did you mean" 404
@@ -24,7 +25,8 @@ Test webhooks (/webhook-test/...): echo only. Anything else: n8n's "not register
 `phase` plays n8n's start (shared/reference/real-n8n.md), each answer byte for byte as n8n
 2.40.7 gives it: "starting" (200 text/html "n8n is starting up. Please wait" for every path),
 "mounting" (Express's HTML 404 "Cannot POST /webhook/..."), "registering" (every webhook "not
-registered"), then "ready". `GET /healthz/readiness` answers 503 {"status":"error"} until ready.
+registered"), "settling" (ready by its readiness endpoint, webhooks still "not registered"),
+then "ready". `GET /healthz/readiness` answers 503 {"status":"error"} until ready.
 
 `ProxyInFront` stands in for a reverse proxy that fails every call with one status (nginx's
 504 when n8n is too slow, Cloudflare's 524).
@@ -47,7 +49,7 @@ from starlette.routing import Route
 
 BINARY_BODY = bytes(range(256)) * 4
 STARTING_PAGE = "n8n is starting up. Please wait"
-Phase = Literal["starting", "mounting", "registering", "ready"]
+Phase = Literal["starting", "mounting", "registering", "settling", "ready"]
 PRODUCTION_HINT = (
     "The workflow must be active for a production URL to run successfully. You can activate "
     "the workflow using the toggle in the top-right of the editor. Note that unlike test URL "
@@ -133,7 +135,7 @@ class FakeN8n:
     async def _readiness(self, request: Request) -> Response:
         with self._lock:
             self.readiness_probes += 1
-        if self.phase != "ready":
+        if self.phase not in ("settling", "ready"):
             return N8nJSON({"status": "error"}, status_code=503)
         return N8nJSON({"status": "ok"})
 
@@ -143,7 +145,7 @@ class FakeN8n:
             return HTMLResponse(STARTING_PAGE)
         if self.phase == "mounting":
             return _express_404(request.method, request.url.path)
-        if self.phase == "registering":
+        if self.phase in ("registering", "settling"):
             return _not_registered(request.method, path, test=test)
         return None
 
@@ -179,6 +181,14 @@ class FakeN8n:
             if request.method == "GET":
                 return N8nJSON({"found": True})
             return _did_you_mean(request.method, "GET")
+        if path == "guarded" and request.headers.get("authorization") != "Bearer hook-secret":
+            return Response(
+                b"Authorization data is wrong!",
+                status_code=403,
+                headers={"WWW-Authenticate": 'Basic realm="Webhook"'},
+            )
+        if path == "guarded":
+            return await self._echo(call)
         if path == "probe":
             if request.method == "HEAD":
                 return Response(headers={"X-Probe": "ok"}, media_type=N8nJSON.media_type)

@@ -536,8 +536,8 @@ class ExecutionService:
         """When to deliver again, or None when this outcome is final."""
         if outcome.status != "failed" or self.backoff.exhausted(attempt.number):
             return None
-        if response is not None and response.kind is AnswerKind.WRONG_METHOD:
-            return None  # permanent while the workflow is active: a dead letter at once
+        if response is not None and response.kind in PERMANENT:
+            return None  # the same request would be refused again: a dead letter at once
         if outcome.outcome_unknown and self.settings.unknown_outcome == "refuse":
             return None
         retry_after = parse_retry_after(response.header("retry-after") if response else None)
@@ -692,7 +692,11 @@ _ERROR_TYPES = {
     AnswerKind.NOT_REGISTERED: "n8n-not-registered",
     AnswerKind.WRONG_METHOD: "n8n-method-not-registered",
     AnswerKind.COULD_NOT_EXECUTE: "n8n-could-not-execute",
+    AnswerKind.REFUSED: "n8n-refused",
 }
+# n8n refused the request itself (nothing ran), and would refuse it again as it is: an async
+# delivery ends at once; a sync caller's fixed retry with the same key runs.
+PERMANENT = frozenset({AnswerKind.WRONG_METHOD, AnswerKind.REFUSED})
 
 
 def _error_type(response: N8nResponse) -> str:
@@ -709,6 +713,12 @@ def _error_detail(response: N8nResponse) -> str:
             f"n8n answered {response.status} 'There was a problem executing the workflow', as it "
             "does for a trigger that arrives while it stops: it may run the workflow when it "
             "starts again, or never"
+        )
+    if response.kind is AnswerKind.REFUSED:
+        return (
+            f"n8n refused the request ({response.status}: its Webhook node's authentication or "
+            "IP allow-list, or a request head too large); nothing ran, and it is not delivered "
+            "again as it is"
         )
     if response.kind is AnswerKind.WRONG_METHOD:
         return (

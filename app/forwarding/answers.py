@@ -9,6 +9,7 @@ substring a workflow could also write: a workflow's 404 or HTML page is its answ
 from __future__ import annotations
 
 import enum
+import html
 import json
 import re
 from dataclasses import dataclass
@@ -48,6 +49,20 @@ class AnswerKind(enum.Enum):
     SERVER_ERROR = "server-error"  # 5xx: the workflow failed, or n8n did
     PROXY_TIMEOUT = "proxy-timeout"  # a proxy gave up waiting: the workflow may have run
     COULD_NOT_EXECUTE = "could-not-execute"  # n8n may run it at its next start, or never
+    REFUSED = "refused"  # n8n (its Webhook node's auth, Node's parser) refused: nothing ran
+
+
+# The Webhook node refusing a caller (its authentication, its IP allow-list) answers with one
+# of these as a bare body, no content type (n8n-nodes-base/nodes/Webhook).
+_WEBHOOK_REFUSALS = frozenset(
+    {
+        b"Authorization is required!",
+        b"Authorization data is wrong!",
+        b"Authorization problem!",
+        b"IP is not allowed to access the webhook!",
+    }
+)
+_WEBHOOK_REALM = 'Basic realm="Webhook"'
 
 
 @dataclass(frozen=True)
@@ -57,25 +72,25 @@ class Answer:
     status: int
     content_type: str | None
     body: bytes
+    content_length: int | None = None  # as declared: an answer to HEAD has no body
+    authenticate: str | None = None  # WWW-Authenticate
 
 
 # Answers after which the workflow may have run although n8n did not say how it went.
 OUTCOME_UNKNOWN = frozenset({AnswerKind.PROXY_TIMEOUT, AnswerKind.COULD_NOT_EXECUTE})
 
 
-def classify(answer: Answer, *, method: str, path: str) -> AnswerKind:
-    """What `answer` to `method path` (the path as sent, without the query) means."""
-    if is_starting_page(answer, method=method, path=path):
+def classify(answer: Answer, *, method: str, paths: tuple[str, ...]) -> AnswerKind:
+    """What `answer` to `method` on one of `paths` means. `paths` are the path as sent and as
+    n8n may see it (a proxy in front may strip N8N_BASE_URL's own path)."""
+    if is_starting_page(answer, method=method, paths=paths):
         return AnswerKind.STARTING
     if answer.status == 503 and _n8n_error_message(answer, code=503) == _DATABASE_NOT_READY:
         return AnswerKind.STARTING
+    if _is_refusal(answer, method=method):
+        return AnswerKind.REFUSED
     if answer.status == 404:
-        message = _n8n_error_message(answer)
-        if message is not None and _NOT_REGISTERED.fullmatch(message):
-            return AnswerKind.NOT_REGISTERED
-        if message is not None and _WRONG_METHOD.fullmatch(message):
-            return AnswerKind.WRONG_METHOD
-        return AnswerKind.WORKFLOW
+        return _classify_404(answer, method=method)
     if answer.status == 500 and _n8n_error_message(answer, code=0) == _COULD_NOT_EXECUTE:
         return AnswerKind.COULD_NOT_EXECUTE
     if answer.status in PROXY_TIMEOUTS:
@@ -85,25 +100,80 @@ def classify(answer: Answer, *, method: str, path: str) -> AnswerKind:
     return AnswerKind.WORKFLOW
 
 
-def is_starting_page(answer: Answer, *, method: str, path: str) -> bool:
-    """n8n's own pages while it starts: its placeholder, then Express's 404 for this request."""
+def _classify_404(answer: Answer, *, method: str) -> AnswerKind:
+    if method == "HEAD" and not answer.body and _is_json(answer.content_type):
+        # n8n's own 404s come without their body to HEAD: "not registered" and "did you mean"
+        # look alike then, and so would a workflow's JSON 404 to HEAD (taken as n8n's).
+        return AnswerKind.NOT_REGISTERED
+    message = _n8n_error_message(answer)
+    if message is not None and _NOT_REGISTERED.fullmatch(message):
+        return AnswerKind.NOT_REGISTERED
+    if message is not None and _WRONG_METHOD.fullmatch(message):
+        return AnswerKind.WRONG_METHOD
+    return AnswerKind.WORKFLOW
+
+
+def _is_refusal(answer: Answer, *, method: str) -> bool:
+    """The Webhook node refused the caller, or Node refused the request's head (431)."""
+    if answer.status == 431 and not answer.body:
+        return True
+    if answer.status not in (401, 403) or answer.content_type is not None:
+        return False
+    if method == "HEAD":
+        return answer.authenticate == _WEBHOOK_REALM
+    return answer.body in _WEBHOOK_REFUSALS
+
+
+def is_starting_page(answer: Answer, *, method: str, paths: tuple[str, ...]) -> bool:
+    """n8n's own pages while it starts: its placeholder, then Express's 404 for this request.
+    To HEAD they come without a body, and are known by their declared length."""
     if not _is_html(answer.content_type):
         return False
+    if method == "HEAD" and not answer.body:
+        return answer.content_length in _starting_page_lengths(answer.status, paths)
     if answer.status == 200:
         return answer.body.strip() == STARTING_UP_BODY
     if answer.status == 404:
         page = _EXPRESS_404.fullmatch(answer.body)
-        return page is not None and page["method"] == method.encode() and _same_path(page, path)
+        return page is not None and page["method"] == method.encode() and _on(page, paths)
     return False
 
 
-def _same_path(page: re.Match[bytes], path: str) -> bool:
-    # Express escapes the path for HTML; a webhook path holds none of the escaped characters.
-    return page["path"].decode("utf-8", "replace") == path
+def _starting_page_lengths(status: int, paths: tuple[str, ...]) -> set[int]:
+    if status == 200:
+        return {len(STARTING_UP_BODY)}
+    if status != 404:
+        return set()
+    return {
+        len(_express_page(method, path))
+        for method in ("HEAD", "GET")  # Express routes HEAD as GET
+        for path in paths
+    }
+
+
+def _express_page(method: str, path: str) -> bytes:
+    escaped = html.escape(path, quote=True).replace("&#x27;", "&#39;")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Error</title>\n'
+        f"</head>\n<body>\n<pre>Cannot {method} {escaped}</pre>\n</body>\n</html>\n"
+    ).encode()
+
+
+def _on(page: re.Match[bytes], paths: tuple[str, ...]) -> bool:
+    """Express's page names the path HTML-escaped."""
+    return html.unescape(page["path"].decode("utf-8", "replace")) in paths
 
 
 def _is_html(content_type: str | None) -> bool:
-    return content_type is not None and content_type.split(";")[0].strip().lower() == "text/html"
+    return _media_type(content_type) == "text/html"
+
+
+def _is_json(content_type: str | None) -> bool:
+    return _media_type(content_type) == "application/json"
+
+
+def _media_type(content_type: str | None) -> str | None:
+    return None if content_type is None else content_type.split(";")[0].strip().lower()
 
 
 def _n8n_error_message(answer: Answer, *, code: int = 404) -> str | None:

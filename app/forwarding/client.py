@@ -13,6 +13,7 @@ so the client waits for n8n's readiness and sends again, for up to `startup_wait
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 import urllib.request
@@ -123,7 +124,11 @@ class N8nClient:
         self._startup_wait_seconds = startup_wait_seconds
         self._session: aiohttp.ClientSession | None = None
         self._proxy: str | None = None
-        self.readiness = Readiness(self._probe_ready, poll_seconds=readiness_poll_seconds)
+        self.readiness = Readiness(
+            self._probe_ready,
+            poll_seconds=readiness_poll_seconds,
+            give_up_seconds=max(startup_wait_seconds, 30 * readiness_poll_seconds),
+        )
 
     async def __aenter__(self) -> N8nClient:
         self._session = _session(self._max_connections)
@@ -137,21 +142,30 @@ class N8nClient:
             await self._session.close()
 
     async def _probe_ready(self) -> bool:
-        """n8n's readiness endpoint says 200 (or n8n has none: a plain 404)."""
+        """n8n's readiness endpoint does not say 503, nor answer with a start-up page (any
+        other answer: n8n is up, behind a proxy that guards the endpoint or without it)."""
         assert self._session is not None
         path = f"{self._base_path}/healthz/readiness"
         try:
             async with (
                 asyncio.timeout(self._connect_timeout),
-                self._session.get(URL(f"{self._origin}{path}", encoded=True)) as response,
+                self._session.get(
+                    URL(f"{self._origin}{path}", encoded=True), proxy=self._proxy
+                ) as response,
             ):
                 body = await response.content.read(4096)
         except (aiohttp.ClientError, OSError, TimeoutError):
             return False
         answer = Answer(response.status, response.headers.get("Content-Type"), body)
-        if is_starting_page(answer, method="GET", path=path):
+        if is_starting_page(answer, method="GET", paths=self._paths(path)):
             return False
-        return response.status in (200, 404)
+        return response.status != 503
+
+    def _paths(self, path: str) -> tuple[str, ...]:
+        """`path` as sent, and as n8n sees it behind a proxy that strips the base URL's path."""
+        if self._base_path and path.startswith(self._base_path + "/"):
+            return (path, path[len(self._base_path) :])
+        return (path,)
 
     def path_for(self, *, mode: str, raw_path: str) -> str:
         """The path on n8n for a trigger's mode and path: under N8N_BASE_URL's own path."""
@@ -188,7 +202,8 @@ class N8nClient:
             return await self._send_once(outbound)
         except _NotWritten as exc:
             raise N8nUnreachable(
-                f"n8n closed the connection before the request was sent ({exc.__cause__}); "
+                f"n8n closed the connection before the request was sent "
+                f"({_no_query(exc.__cause__ or exc)}); "
                 "nothing ran. Retry with the same key.",
                 cause="n8n-connection-closed",
                 maybe_ran=False,
@@ -206,7 +221,7 @@ class N8nClient:
     async def _waited_for_start(self, deadline: float, *, outage: bool) -> bool:
         """After n8n was not there: wait until it says it is ready; False once out of time."""
         self.readiness.saw_not_ready(outage=outage)
-        return await self.readiness.wait_until_ready(deadline)
+        return await self.readiness.pause_then_wait(deadline)
 
     async def _send_once(self, outbound: Outbound) -> N8nResponse:
         assert self._session is not None, "N8nClient used outside its context"
@@ -257,7 +272,7 @@ class N8nClient:
             body = await self._read_body(response)
         raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         encoding = response.headers.get("Content-Encoding", "").strip().lower()
-        if encoding in DECODED_ENCODINGS:
+        if encoding in DECODED_ENCODINGS and body:  # HEAD, 204 and 304 answers have none
             decoded = decode(body, encoding=encoding, max_bytes=self._max_answer_bytes)
             if decoded is None:
                 raise _TooLarge(
@@ -266,11 +281,14 @@ class N8nClient:
                 )
             body = decoded
         content_type = next((v for k, v in raw_headers if k.lower() == "content-type"), None)
-        kind = classify(
-            Answer(status=response.status, content_type=content_type, body=body),
-            method=outbound.method,
-            path=outbound.path,
+        answer = Answer(
+            status=response.status,
+            content_type=content_type,
+            body=body,
+            content_length=response.content_length,
+            authenticate=response.headers.get("WWW-Authenticate"),
         )
+        kind = classify(answer, method=outbound.method, paths=self._paths(outbound.path))
         return N8nResponse(
             status=response.status,
             content_type=content_type,
@@ -296,7 +314,7 @@ class N8nClient:
 
     def _dns_failed(self, exc: Exception) -> N8nUnreachable:
         return N8nUnreachable(
-            f"Could not resolve n8n's host in {self._base_url}: {exc}. "
+            f"Could not resolve n8n's host in {self._base_url}: {_no_query(exc)}. "
             "Check N8N_BASE_URL, then retry with the same key.",
             cause="n8n-dns-failure",
             maybe_ran=False,
@@ -304,15 +322,15 @@ class N8nClient:
 
     def _connect_timed_out(self, exc: Exception) -> N8nTimeout:
         return N8nTimeout(
-            f"Could not reach n8n in time ({exc or 'every connection busy'}); nothing was "
-            "sent. Retry with the same key.",
+            f"Could not reach n8n in time ({_no_query(exc) or 'every connection busy'}); "
+            "nothing was sent. Retry with the same key.",
             cause="n8n-connect-timeout",
             maybe_ran=False,
         )
 
     def _refused(self, exc: Exception) -> N8nUnreachable:
         return N8nUnreachable(
-            f"Could not connect to n8n at {self._base_url}: {exc}. "
+            f"Could not connect to n8n at {self._base_url}: {_no_query(exc)}. "
             "Check N8N_BASE_URL and that n8n is running, then retry with the same key.",
             cause="n8n-connection-refused",
             maybe_ran=False,
@@ -338,7 +356,7 @@ class N8nClient:
         )
 
     def _lost(self, exc: Exception) -> N8nUnreachable:
-        reason = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
+        reason = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {_no_query(exc)}"
         return N8nUnreachable(
             f"n8n did not send a complete answer ({reason}); the workflow may have run. "
             "Ask the execution's URL (N8n-Gate-Execution) for its status.",
@@ -387,6 +405,14 @@ def _never_resend(session: aiohttp.ClientSession) -> None:
     if not hasattr(session, "_retry_connection"):
         raise RuntimeError("this aiohttp has no _retry_connection: check it cannot resend")
     session._retry_connection = False
+
+
+_URL_QUERY = re.compile(r"(https?://[^\s?'\"]*)\?[^\s'\"]*")
+
+
+def _no_query(exc: BaseException) -> str:
+    """An error's text without the query strings of URLs in it (they may carry secrets)."""
+    return _URL_QUERY.sub(r"\1?…", str(exc))
 
 
 def _failed_to_write(exc: aiohttp.ClientOSError) -> bool:

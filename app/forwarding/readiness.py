@@ -4,7 +4,9 @@ Optimistic: n8n counts as ready until a forward finds it absent (connection refu
 (its own placeholder pages). Then one probe asks `GET /healthz/readiness` every `poll_seconds`
 until n8n says it is ready, and every forward and delivery waiting meanwhile goes on together.
 n8n reports ready a few seconds before its webhook routes are mounted, so a forward that still
-finds it starting marks it not ready again, and the next probe comes a poll later.
+finds it starting marks it not ready again, and sends again no sooner than a poll later. After
+`give_up_seconds` without a ready answer (a proxy that hides the endpoint, say) n8n counts as
+ready again, and forwards find out for themselves.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ Probe = Callable[[], Awaitable[bool]]
 
 
 class Readiness:
-    def __init__(self, probe: Probe, *, poll_seconds: float) -> None:
+    def __init__(self, probe: Probe, *, poll_seconds: float, give_up_seconds: float) -> None:
         self._probe = probe
         self._poll_seconds = poll_seconds
+        self._give_up_seconds = give_up_seconds
         self._ready = asyncio.Event()
         self._ready.set()
         self._prober: asyncio.Task[None] | None = None
@@ -64,9 +67,19 @@ class Readiness:
             await asyncio.wait_for(self._ready.wait(), remaining)
         return self._ready.is_set()
 
+    async def pause_then_wait(self, deadline: float) -> bool:
+        """After n8n was not ready for a forward: at least a poll, then `wait_until_ready`
+        (another forward may have found it ready meanwhile; this one must not spin)."""
+        await asyncio.sleep(max(min(self._poll_seconds, deadline - time.monotonic()), 0))
+        return await self.wait_until_ready(deadline)
+
     async def _probe_until_ready(self) -> None:
+        give_up = time.monotonic() + self._give_up_seconds
         while not self._ready.is_set():
             await asyncio.sleep(self._poll_seconds)
+            if time.monotonic() >= give_up:
+                self._ready.set()
+                return
             if await self._probe():
                 if self._outage:
                     self._became_ready_at, self._outage = time.monotonic(), False

@@ -90,7 +90,7 @@ async def test_async_triggers_accepted_while_n8n_starts_are_each_delivered_once(
         n8n.phase = "ready"
         done = [await until_status(client, key, "completed") for key in keys]
     for key, status in zip(keys, done, strict=True):
-        assert status["response"]["content_type"] == "application/json"  # type: ignore[index]
+        assert status["response"]["content_type"] == "application/json; charset=utf-8"  # type: ignore[index]
         assert len(n8n.calls_for(key)) == 1
 
 
@@ -202,3 +202,114 @@ async def test_n8n_s_could_not_execute_answer_is_an_unknown_outcome(
     else:
         assert again.status_code == 500
     assert len(n8n.calls_for(key)) == runs
+
+
+async def test_a_caller_n8n_refused_can_fix_its_credentials_and_retry_with_the_key(
+    make_client: ClientFactory, n8n: FakeN8n, api_key: str
+) -> None:
+    """The Webhook node's own 403: nothing ran, so the key is not spent on it."""
+    key, dead = new_key(), new_key()
+    gate_key = {"N8n-Gate-Key": api_key}
+    async with make_client(api_key=None, retry_base_seconds=0.01) as client:
+        wrong = {**gate_key, "Authorization": "Bearer wrong", "Idempotency-Key": key}
+        refused = await client.post("/webhook/guarded", json={"n": 1}, headers=wrong)
+        failed = await status_of_with(client, key, gate_key)
+        right = {**wrong, "Authorization": "Bearer hook-secret"}
+        allowed = await client.post("/webhook/guarded", json={"n": 1}, headers=right)
+        await client.post(
+            "/webhook/guarded",
+            json={},
+            headers={**gate_key, "Idempotency-Key": dead, "Prefer": "respond-async"},
+        )
+        deadline = time.monotonic() + 10
+        while (ended := await status_of_with(client, dead, gate_key))["status"] != "failed":
+            assert time.monotonic() < deadline, ended
+            await asyncio.sleep(0.02)
+    assert (refused.status_code, refused.content) == (403, b"Authorization data is wrong!")
+    assert (failed["status"], failed["last_error"]["type"]) == ("failed", "n8n-refused")  # type: ignore[index]
+    assert (allowed.status_code, allowed.json()["received"]) == (200, {"n": 1})
+    assert (ended["attempts"], ended["next_attempt_at"]) == (1, None)
+
+
+async def status_of_with(
+    client: httpx.AsyncClient, key: str, headers: dict[str, str]
+) -> dict[str, object]:
+    answer = await client.get(f"/v1/executions/{key}", headers=headers)
+    assert answer.status_code == 200, answer.text
+    body: dict[str, object] = answer.json()
+    return body
+
+
+async def test_not_registered_just_after_n8n_came_back_means_not_yet(
+    make_client: ClientFactory, starting_n8n: FakeN8n
+) -> None:
+    """n8n says it is ready a moment before it has registered its webhooks."""
+    n8n, key = starting_n8n, new_key()
+    n8n.phase = "starting"
+    async with make_client(n8n_startup_wait_seconds=20) as client:
+        sent = asyncio.create_task(
+            client.post("/webhook/echo", json={"n": 1}, headers={"Idempotency-Key": key})
+        )
+        await until_probed(n8n, n8n.readiness_probes)
+        n8n.phase = "settling"  # ready by its endpoint; webhooks not yet there
+        await until_refused(n8n, key, more_than=len(n8n.refused_for(key)))
+        n8n.phase = "ready"
+        answer = await sent
+    assert (answer.status_code, answer.json()["received"]) == (200, {"n": 1})
+    assert len(n8n.calls_for(key)) == 1
+
+
+async def until_refused(n8n: FakeN8n, key: str, *, more_than: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(n8n.refused_for(key)) <= more_than:
+        assert time.monotonic() < deadline, "the gateway never sent again"
+        await asyncio.sleep(0.01)
+
+
+async def test_an_inactive_path_just_after_n8n_came_back_is_not_sent_in_a_tight_loop(
+    make_client: ClientFactory, starting_n8n: FakeN8n
+) -> None:
+    """Within the settle window a "not registered" is sent again, a poll apart at most."""
+    n8n, key = starting_n8n, new_key()
+    n8n.phase = "starting"
+    async with make_client(n8n_startup_wait_seconds=3) as client:
+        first = asyncio.create_task(
+            client.post("/webhook/echo", json={}, headers={"Idempotency-Key": new_key()})
+        )
+        await until_probed(n8n, n8n.readiness_probes)
+        n8n.phase = "ready"
+        await first
+        stop = asyncio.Event()
+
+        async def other_callers() -> None:  # their answers tell the process n8n is ready
+            while not stop.is_set():
+                await client.post("/webhook/echo", json={}, headers={"Idempotency-Key": new_key()})
+
+        others = [asyncio.create_task(other_callers()) for _ in range(4)]
+        answer = await client.post("/webhook/nowhere", json={}, headers={"Idempotency-Key": key})
+        stop.set()
+        await asyncio.gather(*others)
+    assert answer.status_code == 404
+    sent = [call for call in n8n.calls if call.key == key]
+    assert 1 < len(sent) <= 3 / 0.5 + 2
+
+
+async def test_delivery_workers_take_nothing_while_n8n_is_starting(
+    make_client: ClientFactory, starting_n8n: FakeN8n
+) -> None:
+    n8n, probe, key = starting_n8n, new_key(), new_key()
+    n8n.phase = "starting"
+    async with make_client(n8n_startup_wait_seconds=0, retry_base_seconds=0.01) as client:
+        # A sync trigger finds n8n starting: from then on the process knows.
+        await client.post("/webhook/echo", json={}, headers={"Idempotency-Key": probe})
+        accepted = await client.post(
+            "/webhook/echo", json={}, headers={"Idempotency-Key": key, "Prefer": "respond-async"}
+        )
+        assert accepted.status_code == 202
+        await until_probed(n8n, n8n.readiness_probes + 2)  # a second and more of probing
+        waiting = await status_of(client, key)
+        n8n.phase = "ready"
+        done = await until_status(client, key, "completed")
+    assert (waiting["status"], waiting["attempts"]) == ("pending", 0)
+    assert done["attempts"] == 1
+    assert n8n.refused_for(key) == []

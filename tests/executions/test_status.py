@@ -27,7 +27,7 @@ async def test_status_shows_the_whole_execution(client: httpx.AsyncClient) -> No
     assert (body["workflow"], body["mode"], body["method"]) == ("echo", "webhook", "POST")
     assert (body["status"], body["attempts"], body["last_error"]) == ("completed", 1, None)
     assert body["response"]["status_code"] == 200
-    assert body["response"]["content_type"] == "application/json"
+    assert body["response"]["content_type"] == "application/json; charset=utf-8"
     assert body["response"]["body_encoding"] == "utf-8"
     assert '"received":{"k":' in body["response"]["body"]
     created, finished = (datetime.fromisoformat(body[f]) for f in ("created_at", "finished_at"))

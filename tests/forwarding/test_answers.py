@@ -16,6 +16,9 @@ EXPRESS_404 = (
 )
 
 
+PATHS = ("/webhook/orders/42",)
+
+
 def n8n_error(code: int, message: str, **more: str) -> bytes:
     return json.dumps({"code": code, "message": message, **more}).encode()
 
@@ -74,7 +77,7 @@ def test_n8n_s_own_answers_are_known_by_their_exact_shape(
     status: int, content_type: str, body: bytes, kind: AnswerKind
 ) -> None:
     answer = Answer(status=status, content_type=content_type, body=body)
-    assert classify(answer, method="POST", path="/webhook/orders/42") is kind
+    assert classify(answer, method="POST", paths=PATHS) is kind
 
 
 @pytest.mark.parametrize(
@@ -103,6 +106,63 @@ def test_a_workflow_s_answer_is_its_own_however_it_looks(
     status: int, content_type: str, body: bytes
 ) -> None:
     answer = Answer(status=status, content_type=content_type, body=body)
-    kind = classify(answer, method="POST", path="/webhook/orders/42")
+    kind = classify(answer, method="POST", paths=PATHS)
     expected = AnswerKind.SERVER_ERROR if status >= 500 else AnswerKind.WORKFLOW
     assert kind is expected
+
+
+def express_404(method: str, path: str) -> bytes:
+    return EXPRESS_404.replace("POST /webhook/orders/42", f"{method} {path}").encode()
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        # To HEAD n8n's pages come without their body: known by the length they declare.
+        (Answer(200, HTML, b"", content_length=31), AnswerKind.STARTING),
+        (Answer(200, HTML, b"", content_length=30), AnswerKind.WORKFLOW),
+        (
+            Answer(404, HTML, b"", content_length=len(express_404("HEAD", "/webhook/orders/42"))),
+            AnswerKind.STARTING,
+        ),
+        (Answer(404, HTML, b"", content_length=17), AnswerKind.WORKFLOW),
+        (Answer(404, JSON, b"", content_length=356), AnswerKind.NOT_REGISTERED),
+        (Answer(403, None, b"", authenticate='Basic realm="Webhook"'), AnswerKind.REFUSED),
+        (Answer(403, None, b""), AnswerKind.WORKFLOW),
+    ],
+)
+def test_n8n_s_answers_to_head_are_known_without_a_body(answer: Answer, kind: AnswerKind) -> None:
+    assert classify(answer, method="HEAD", paths=PATHS) is kind
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"Authorization is required!",
+        b"Authorization data is wrong!",
+        b"IP is not allowed to access the webhook!",
+    ],
+)
+def test_the_webhook_node_refusing_a_caller_is_n8n_s_answer(body: bytes) -> None:
+    status = 401 if b"required" in body else 403
+    assert classify(Answer(status, None, body), method="POST", paths=PATHS) is AnswerKind.REFUSED
+    # The same words as a workflow's JSON answer are the workflow's.
+    as_json = Answer(status, JSON, json.dumps({"message": body.decode()}).encode())
+    assert classify(as_json, method="POST", paths=PATHS) is AnswerKind.WORKFLOW
+
+
+def test_node_refusing_a_request_head_is_n8n_s_answer() -> None:
+    assert classify(Answer(431, None, b""), method="POST", paths=PATHS) is AnswerKind.REFUSED
+
+
+def test_express_s_page_is_known_behind_a_proxy_that_strips_the_base_path() -> None:
+    """N8N_BASE_URL http://proxy/n8n: the gateway sends /n8n/webhook/x, n8n sees /webhook/x."""
+    page = Answer(404, HTML, express_404("POST", "/webhook/x"))
+    paths = ("/n8n/webhook/x", "/webhook/x")
+    assert classify(page, method="POST", paths=paths) is AnswerKind.STARTING
+
+
+def test_express_s_page_names_the_path_html_escaped() -> None:
+    path = "/webhook/o'brien&co"
+    page = Answer(404, HTML, express_404("POST", "/webhook/o&#39;brien&amp;co"))
+    assert classify(page, method="POST", paths=(path,)) is AnswerKind.STARTING
