@@ -532,3 +532,15 @@ async def test_https_proxy_from_the_environment_is_used(
     assert proxy.requests[0].startswith(
         b"POST http://n8n.internal:5678/webhook/orders?x=1 HTTP/1.1\r\n"
     )
+
+
+async def test_a_failure_s_detail_keeps_the_query_string_out(
+    serve: RawServerFactory, clients: ClientFactory
+) -> None:
+    """Queries may carry a caller's secrets; details are stored, returned and logged."""
+    server = await serve(Answer(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", close=True))
+    client = await clients(server.url)
+    outbound = Outbound("POST", "/webhook/x", "api_key=SECRET123", [], b"{}")
+    with pytest.raises(N8nUnreachable) as caught:
+        await client.forward(outbound)
+    assert "SECRET123" not in caught.value.detail
