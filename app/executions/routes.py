@@ -297,6 +297,14 @@ async def _read_body(request: Request, *, limit: int) -> bytes:
         if size > limit:
             raise _too_large(limit)
         chunks.append(chunk)
+    if declared is not None and size != declared:
+        # uvicorn hands the app no body for a request that asks to upgrade (curl --http2 on
+        # http:// sends Upgrade: h2c): forwarding that would record an empty trigger.
+        raise InvalidRequest(
+            f"The body arrived with {size} of the {declared} bytes its Content-Length "
+            "declares (a request asking to upgrade, such as HTTP/2 over plain http, loses it "
+            "here); nothing was forwarded. Send it without Upgrade."
+        )
     return b"".join(chunks)
 
 

@@ -194,7 +194,9 @@ async def test_n8n_s_retry_after_is_honoured(make_client: ClientFactory, n8n: Fa
     waited = datetime.fromisoformat(second["started_at"]) - datetime.fromisoformat(
         first["ended_at"]
     )
-    assert waited.total_seconds() >= 0.99
+    # Retry-After: 1 against a backoff of at most 0.02 s. The two times come from the
+    # database, the delay from the gateway's clock: 0.1 s of slack for the two to differ.
+    assert waited.total_seconds() >= 0.9
 
 
 async def test_a_thousand_triggers_accepted_while_n8n_is_down_are_each_delivered_once(

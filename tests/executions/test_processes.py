@@ -243,3 +243,28 @@ async def test_a_sync_execution_whose_process_died_ends_failed_and_expires(
     assert status["last_error"]["type"] == "abandoned"
     assert status["expires_at"] is not None
     assert [a["outcome"] for a in status["attempt_history"]] == ["abandoned"]
+
+
+async def test_a_body_lost_to_an_upgrade_request_is_refused_not_forwarded(
+    gateway_env: dict[str, str], database_url: str, n8n: FakeN8n
+) -> None:
+    """curl --http2 on http:// sends Upgrade: h2c, and uvicorn then gives the app no body: an
+    empty trigger must never be forwarded or recorded under the key."""
+    api_key = await new_api_key(database_url)
+    key = f"h2c-{uuid.uuid4()}"
+    gateway = Gateway(gateway_env)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(
+            b"POST /webhook/echo HTTP/1.1\r\nHost: gate\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+            + f"Authorization: Bearer {api_key}\r\nIdempotency-Key: {key}\r\n".encode()
+            + b'Content-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}'
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+    finally:
+        gateway.stop()
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert n8n.calls_for(key) == []
