@@ -68,14 +68,14 @@ def _fresh_server_database(server_url: str) -> Iterator[str]:
 def empty_database(url: str) -> Iterator[str]:
     """A new, empty database on the same server as `url`; dropped afterwards."""
     name = f"n8n_gate_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(url, f'CREATE DATABASE "{name}"'))
+    asyncio.run(run_as_admin(url, f'CREATE DATABASE "{name}"'))
     try:
         yield urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
     finally:
-        asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(run_as_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-async def _admin(url: str, statement: str) -> None:
+async def run_as_admin(url: str, statement: str) -> None:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(statement)

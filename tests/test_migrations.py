@@ -10,7 +10,7 @@ import asyncpg
 from alembic import command
 
 from app import migrations
-from tests.conftest import empty_database, gate_settings, gateway_client, new_api_key
+from tests.conftest import empty_database, gate_settings, gateway_client, new_api_key, run_as_admin
 from tests.fake_n8n import FakeN8n
 
 
@@ -41,16 +41,16 @@ def test_a_login_role_that_is_no_superuser_migrates_and_serves(
     """As docker-compose.yml sets it up (deploy/postgres/10-gate-role.sh): a login with
     CREATEROLE that owns its database's schema, and nothing more."""
     role = f"gate_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(database_url, f"CREATE ROLE {role} LOGIN CREATEROLE NOSUPERUSER"))
+    asyncio.run(run_as_admin(database_url, f"CREATE ROLE {role} LOGIN CREATEROLE NOSUPERUSER"))
     try:
         with empty_database(database_url) as url:
-            asyncio.run(_admin(url, f"ALTER SCHEMA public OWNER TO {role}"))
+            asyncio.run(run_as_admin(url, f"ALTER SCHEMA public OWNER TO {role}"))
             parts = urlsplit(url)
             as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
             migrations.upgrade(as_role)
             answer, status = asyncio.run(_trigger_once(as_role, fake_n8n[1]))
     finally:
-        asyncio.run(_admin(database_url, f"DROP ROLE IF EXISTS {role}"))
+        asyncio.run(run_as_admin(database_url, f"DROP ROLE IF EXISTS {role}"))
     assert answer == 200
     assert status == "completed"
 
@@ -61,11 +61,3 @@ async def _trigger_once(database_url: str, n8n_url: str) -> tuple[int, str]:
         answer = await gate.post("/webhook/echo", json={}, headers={"Idempotency-Key": "k"})
         status = await gate.get("/v1/executions/k")
     return answer.status_code, status.json()["status"]
-
-
-async def _admin(url: str, statement: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()

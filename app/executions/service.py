@@ -509,18 +509,8 @@ class ExecutionService:
             error_detail=error.detail,
         )
         await self._record(tenant_id, attempt, outcome)
-        logger.warning(
-            "final answer from the gateway: key=%r tenant=%s workflow=%s/%s execution=%s "
-            "attempt=%s error=%s (%s)",
-            request.key,
-            tenant_id,
-            request.mode,
-            request.workflow_path,
-            attempt.execution_id,
-            attempt.number,
-            error.cause,
-            error.detail,
-            extra={"idempotency_key": request.key, "error_type": error.cause},
+        _log_attempt(
+            logging.WARNING, "final answer from the gateway", tenant_id, request, attempt, outcome
         )
         return GatewayAnswer(
             status=error.status_code,
@@ -772,6 +762,20 @@ def _log_failure(
     else:
         level, what = logging.WARNING, "attempt failed"
     then = f"; next attempt at {retry_at.isoformat(timespec='seconds')}" if retry_at else ""
+    _log_attempt(level, what, tenant_id, request, attempt, outcome, then=then)
+
+
+def _log_attempt(
+    level: int,
+    what: str,
+    tenant_id: UUID,
+    request: TriggerRequest,
+    attempt: repo.Attempt,
+    outcome: repo.Outcome,
+    *,
+    then: str = "",
+) -> None:
+    """One line for an attempt, with what an operator searches by (never a header or body)."""
     logger.log(
         level,
         "%s: key=%r tenant=%s workflow=%s/%s execution=%s attempt=%s error=%s n8n_status=%s "
