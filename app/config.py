@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     n8n_startup_wait_seconds: float = Field(default=15.0, ge=0)
 
     access_log: bool = True
+    api_docs: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Peers whose X-Forwarded-Proto / -Host are believed: "10.0.0.0/8,127.0.0.1". Empty: none.
     trusted_proxies: str = ""

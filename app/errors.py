@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -216,6 +217,30 @@ class N8nTimeout(ForwardFailed):
     status_code = 504
     slug = "n8n-timeout"
     title = "n8n did not answer in time"
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem, as every error is answered (application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+def documented(*errors: type[GateError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the problems a route may answer with."""
+    by_status: dict[int, list[str]] = {}
+    for error in errors:
+        by_status.setdefault(error.status_code, []).append(f"`{error.slug}`: {error.title}")
+    return {
+        status: {
+            "description": "; ".join(titles),
+            "content": {PROBLEM_CONTENT_TYPE: {"schema": Problem.model_json_schema()}},
+        }
+        for status, titles in sorted(by_status.items())
+    }
 
 
 def problem_response(error: GateError, *, instance: str | None = None) -> JSONResponse:

@@ -92,6 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Exactly-once triggers for n8n webhooks.",
         version="0.1.0",
         lifespan=lifespan,
+        # FastAPI's /docs and /redoc load their scripts from a CDN: off unless asked for.
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
     )
     install_handlers(app)
     app.add_middleware(TriggerEndpoints)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from tests.conftest import GatewayClient, gateway_client
+from tests.conftest import ClientFactory, GatewayClient, gateway_client
 from tests.problems import assert_problem
 
 SECRET = "connection string postgresql://admin:hunter2@db"
@@ -67,3 +67,24 @@ async def test_a_method_an_api_route_does_not_take_is_a_405_naming_the_allowed_o
     response = await server_client.delete("/v1/executions")
     assert_problem(response, 405, "method-not-allowed")
     assert response.headers["allow"] == "GET"
+
+
+async def test_the_openapi_document_names_every_problem_a_route_answers(
+    client: httpx.AsyncClient,
+) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    status = paths["/v1/executions/{key}"]["get"]["responses"]
+    assert {"200", "400", "401", "404", "503"} <= set(status)
+    assert "application/problem+json" in status["404"]["content"]
+    trigger = paths["/webhook/{path}"]["post"]
+    assert {"400", "401", "409", "413", "422", "502", "503", "504"} <= set(trigger["responses"])
+    key = next(p for p in trigger["parameters"] if p["name"] == "Idempotency-Key")
+    assert key["schema"]["maxLength"] == 257
+
+
+async def test_the_docs_pages_that_load_scripts_from_a_cdn_are_off_by_default(
+    client: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    assert (await client.get("/docs")).status_code == 404
+    async with make_client(api_docs=True) as with_docs:
+        assert (await with_docs.get("/docs")).status_code == 200

@@ -11,11 +11,25 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.config import Settings
 from app.deps import CurrentTenant, ServicesDep, get_services
 from app.errors import (
+    DatabaseUnavailable,
+    ExecutionInFlight,
+    ExecutionNotFound,
     GateError,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
     InvalidRequest,
     InvalidWebhookPath,
     MethodNotAllowed,
+    MissingIdempotencyKey,
+    N8nAnswerTooLarge,
+    N8nStarting,
+    N8nTimeout,
+    N8nUnreachable,
+    NotRetryable,
+    OutcomeUnknown,
     PayloadTooLarge,
+    Unauthorized,
+    documented,
     problem_response,
 )
 from app.executions.repo import Accepted
@@ -52,7 +66,16 @@ EXECUTION_HEADER = "N8n-Gate-Execution"
 router = APIRouter()
 
 
-@router.post("/v1/executions/retry", response_model=RetryResult, tags=["executions"])
+# Every API route needs an API key and may find the database away.
+_API_ERRORS = (InvalidRequest, Unauthorized, DatabaseUnavailable)
+
+
+@router.post(
+    "/v1/executions/retry",
+    response_model=RetryResult,
+    tags=["executions"],
+    responses=documented(*_API_ERRORS),
+)
 async def retry_failed_executions(
     selection: RetryFilter, services: ServicesDep, tenant: CurrentTenant
 ) -> RetryResult:
@@ -71,6 +94,7 @@ async def retry_failed_executions(
     response_model=Execution,
     status_code=202,
     tags=["executions"],
+    responses=documented(*_API_ERRORS, ExecutionNotFound, NotRetryable),
 )
 async def retry_execution(
     key: str, response: Response, services: ServicesDep, tenant: CurrentTenant
@@ -81,13 +105,23 @@ async def retry_execution(
     return execution_of(detail.row, detail.attempts)
 
 
-@router.get("/v1/executions/{key:path}", response_model=Execution, tags=["executions"])
+@router.get(
+    "/v1/executions/{key:path}",
+    response_model=Execution,
+    tags=["executions"],
+    responses=documented(*_API_ERRORS, ExecutionNotFound),
+)
 async def get_execution(key: str, services: ServicesDep, tenant: CurrentTenant) -> Execution:
     detail = await services.executions.get(tenant=tenant, key=key)
     return execution_of(detail.row, detail.attempts)
 
 
-@router.get("/v1/executions", response_model=ExecutionPage, tags=["executions"])
+@router.get(
+    "/v1/executions",
+    response_model=ExecutionPage,
+    tags=["executions"],
+    responses=documented(*_API_ERRORS),
+)
 async def list_executions(
     services: ServicesDep,
     tenant: CurrentTenant,
@@ -170,7 +204,21 @@ def _trigger_operation(mode: Mode) -> dict[str, Any]:
         ),
         "parameters": [
             {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
-            header("Idempotency-Key", True, "1-255 printable ASCII characters."),
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": True,
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 257,  # 255 characters, or 255 quoted ("...")
+                    "pattern": "^[\\x20-\\x7e]+$",
+                },
+                "description": (
+                    "1-255 printable ASCII characters, bare or as an RFC 8941 string "
+                    '("abc" and abc are the same key).'
+                ),
+            },
             header("Prefer", False, "respond-async (202, delivered by the gateway) or wait=<s>."),
             header(
                 "N8n-Gate-Key",
@@ -182,10 +230,28 @@ def _trigger_operation(mode: Mode) -> dict[str, Any]:
         "responses": {
             "200": {"description": "n8n's answer, or its replay (any status n8n gave)."},
             "202": {"description": "Stored; the gateway delivers it (Prefer: respond-async)."},
-            "4XX": {"description": "A problem+json: missing or reused key, in flight, ..."},
-            "5XX": {"description": "A problem+json: n8n unreachable (502), timed out (504)."},
+            **{str(status): answer for status, answer in documented(*_TRIGGER_ERRORS).items()},
         },
     }
+
+
+_TRIGGER_ERRORS = (
+    MissingIdempotencyKey,
+    InvalidIdempotencyKey,
+    InvalidWebhookPath,
+    InvalidRequest,
+    Unauthorized,
+    MethodNotAllowed,
+    ExecutionInFlight,
+    OutcomeUnknown,
+    PayloadTooLarge,
+    IdempotencyKeyReused,
+    N8nUnreachable,
+    N8nAnswerTooLarge,
+    DatabaseUnavailable,
+    N8nStarting,
+    N8nTimeout,
+)
 
 
 def _trigger_mode(path: str) -> Mode | None:
