@@ -39,7 +39,7 @@ def test_no_secret_has_a_default_and_the_gateway_logs_in_as_its_own_role() -> No
     gateway = compose()["services"]["gateway"]
     assert gateway["environment"]["DATABASE_URL"].startswith("postgresql://gate:")
     init = (ROOT / "deploy" / "postgres" / "10-gate-role.sh").read_text()
-    assert "NOSUPERUSER" in init
+    assert "CREATE ROLE gate LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE" in init
 
 
 def test_a_stop_waits_longer_than_the_longest_forward() -> None:

@@ -38,10 +38,14 @@ def test_migrations_round_trip(database_url: str) -> None:
 def test_a_login_role_that_is_no_superuser_migrates_and_serves(
     database_url: str, fake_n8n: tuple[FakeN8n, str]
 ) -> None:
-    """As docker-compose.yml sets it up (deploy/postgres/10-gate-role.sh): a login with
-    CREATEROLE that owns its database's schema, and nothing more."""
+    """As docker-compose.yml sets it up (deploy/postgres/10-gate-role.sh): a login that owns
+    its database's schema and is a member of the service role, and nothing more."""
     role = f"gate_{uuid.uuid4().hex[:12]}"
-    asyncio.run(run_as_admin(database_url, f"CREATE ROLE {role} LOGIN CREATEROLE NOSUPERUSER"))
+    for statement in (
+        f"CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE",
+        f"GRANT n8n_gate_app TO {role}",  # created already: the session's migrations made it
+    ):
+        asyncio.run(run_as_admin(database_url, statement))
     try:
         with empty_database(database_url) as url:
             asyncio.run(run_as_admin(url, f"ALTER SCHEMA public OWNER TO {role}"))
