@@ -18,6 +18,7 @@ from app.config import ConfigError, Settings, load_settings
 from app.embedded import EmbeddedUnavailable, start_embedded
 from app.errors import GateError
 from app.logs import log_config
+from app.server import BoundedHttpToolsProtocol
 from app.tenants import repo as tenants_repo
 from app.tenants.service import create_key
 
@@ -100,6 +101,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             server_header=False,
             access_log=settings.access_log,
             log_config=log_config(settings.log_level),
+            http=BoundedHttpToolsProtocol,
+            limit_concurrency=settings.max_connections,
         )
     return 0
 

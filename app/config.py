@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     n8n_startup_wait_seconds: float = Field(default=15.0, ge=0)
 
     access_log: bool = True
+    max_head_bytes: int = Field(default=16 * 1024, ge=1024)
+    head_timeout_seconds: float = Field(default=15.0, gt=0)
+    max_connections: int = Field(default=2048, ge=1)
     api_docs: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Peers whose X-Forwarded-Proto / -Host are believed: "10.0.0.0/8,127.0.0.1". Empty: none.
