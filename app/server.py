@@ -18,7 +18,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from app.config import get_settings
 from app.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
 
-
 LINGER_SECONDS = 1.0
 
 
