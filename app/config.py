@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     access_log: bool = True
     max_head_bytes: int = Field(default=16 * 1024, ge=1024)
     head_timeout_seconds: float = Field(default=15.0, gt=0)
+    body_timeout_seconds: float = Field(default=60.0, gt=0)
     max_connections: int = Field(default=2048, ge=1)
     api_docs: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -10,6 +10,7 @@ GateError                       every error a client may see
 ├── NotFound                    404
 ├── ExecutionNotFound           404
 ├── MethodNotAllowed            405
+├── RequestTimeout              408
 ├── ExecutionInFlight           409
 ├── PayloadTooLarge             413
 ├── IdempotencyKeyReused        422
@@ -119,6 +120,12 @@ class MethodNotAllowed(GateError):
     status_code = 405
     slug = "method-not-allowed"
     title = "Method not allowed"
+
+
+class RequestTimeout(GateError):
+    status_code = 408
+    slug = "request-timeout"
+    title = "The request body did not arrive in time"
 
 
 class ExecutionInFlight(GateError):

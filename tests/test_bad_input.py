@@ -3,13 +3,17 @@ never a 500 (issue 14, item 10)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from app.delivery.backoff import parse_retry_after
+from tests.conftest import ClientFactory
 from tests.executions_api import new_key
+from tests.fake_n8n import FakeN8n
 from tests.problems import assert_problem
 
 
@@ -38,3 +42,22 @@ async def test_a_forged_cursor_is_400(client: httpx.AsyncClient, value: str) -> 
 @pytest.mark.parametrize("value", ["²", "1" * 5000, "٣"])
 def test_a_retry_after_that_is_no_number_or_date_is_ignored(value: str) -> None:
     assert parse_retry_after(value) is None
+
+
+async def test_a_body_that_stops_arriving_is_408_and_not_forwarded(
+    make_client: ClientFactory, n8n: FakeN8n
+) -> None:
+    key = new_key()
+    never = asyncio.Event()
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b'{"half": '
+        await never.wait()  # the rest never comes
+        yield b"1}"
+
+    async with make_client(body_timeout_seconds=0.2) as client:
+        answer = await client.post(
+            "/webhook/echo", content=trickle(), headers={"Idempotency-Key": key}
+        )
+    assert_problem(answer, 408, "request-timeout")
+    assert n8n.calls_for(key) == []

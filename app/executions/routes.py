@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
@@ -28,6 +29,7 @@ from app.errors import (
     NotRetryable,
     OutcomeUnknown,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     documented,
     problem_response,
@@ -245,6 +247,7 @@ _TRIGGER_ERRORS = (
     ExecutionInFlight,
     OutcomeUnknown,
     PayloadTooLarge,
+    RequestTimeout,
     IdempotencyKeyReused,
     N8nUnreachable,
     N8nAnswerTooLarge,
@@ -285,7 +288,11 @@ async def _trigger(request: Request, *, mode: Mode) -> Response:
         # (a urlsplit of the whole URL) was a visible share of an accept's CPU.
         query=request.scope["query_string"].decode("latin-1"),
         headers=to_forward(request.headers.items(), via=_via(request, services.settings)),
-        body=await _read_body(request, limit=services.settings.max_body_bytes),
+        body=await _read_body(
+            request,
+            limit=services.settings.max_body_bytes,
+            within=services.settings.body_timeout_seconds,
+        ),
     )
     preferences = parse_preferences(request.headers.getlist("prefer"))
     applied = _applied_preferences(preferences, max_wait=services.settings.max_wait_seconds)
@@ -353,16 +360,23 @@ def _accepted(accepted: Accepted, *, key: str) -> Response:
     return response
 
 
-async def _read_body(request: Request, *, limit: int) -> bytes:
+async def _read_body(request: Request, *, limit: int, within: float) -> bytes:
     declared = ascii_int(request.headers.get("content-length", ""), max_digits=19)
     if declared is not None and declared > limit:
         raise _too_large(limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(within):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The body did not arrive whole within {within:g} s (GATE_BODY_TIMEOUT_SECONDS); "
+            "nothing was forwarded."
+        ) from None
     if declared is not None and size != declared:
         # uvicorn hands the app no body for a request that asks to upgrade (curl --http2 on
         # http:// sends Upgrade: h2c): forwarding that would record an empty trigger.
