@@ -51,7 +51,9 @@ async def test_a_64_mib_header_is_refused_at_once_and_others_are_served_meanwhil
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
     answered = time.monotonic() - started
     sending.cancel()
-    writer.close()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sending
+    await close(writer)
     assert health.status_code == 200
     assert head.startswith(b"HTTP/1.1 431 ")
     assert b"application/problem+json" in head
@@ -68,10 +70,16 @@ async def test_connections_that_stop_in_the_middle_of_a_head_are_closed(
     closed = await asyncio.gather(
         *(asyncio.wait_for(reader.read(), 10) for reader, _ in connections)
     )
+    for _, writer in connections:
+        await close(writer)
     assert closed == [b""] * 200  # closed without an answer, after the head timeout (1 s)
     assert time.monotonic() - started < 10
-    for _, writer in connections:
-        writer.close()
+
+
+async def close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
 
 
 async def test_requests_within_the_bounds_are_served(

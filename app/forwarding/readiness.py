@@ -59,10 +59,11 @@ class Readiness:
             self._prober = asyncio.create_task(self._probe_until_ready())
 
     async def wait_until_ready(self, deadline: float) -> bool:
-        """Wait until n8n is ready or the monotonic `deadline` passes; True when ready."""
+        """Wait until n8n is ready or the monotonic `deadline` passes; True when ready before
+        it (past the deadline: False, however n8n is)."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return self._ready.is_set()
+            return False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), remaining)
         return self._ready.is_set()
@@ -71,7 +72,7 @@ class Readiness:
         """After n8n was not ready for a forward: at least a poll, then `wait_until_ready`
         (another forward may have found it ready meanwhile; this one must not spin)."""
         await asyncio.sleep(max(min(self._poll_seconds, deadline - time.monotonic()), 0))
-        return await self.wait_until_ready(deadline)
+        return await self.wait_until_ready(deadline)  # False once the deadline has passed
 
     async def _probe_until_ready(self) -> None:
         give_up = time.monotonic() + self._give_up_seconds
