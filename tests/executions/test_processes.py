@@ -45,19 +45,25 @@ def wait_until(condition: object, *, within: float = 10.0, what: str = "conditio
         time.sleep(0.02)
 
 
+async def kill_9_mid_forward(env: dict[str, str], n8n: FakeN8n, headers: dict[str, str]) -> None:
+    """A gateway process killed while n8n works on its forward to the slow workflow."""
+    victim = Gateway(env)
+    async with httpx.AsyncClient(base_url=victim.base_url, headers=headers) as to_victim:
+        in_flight = asyncio.create_task(to_victim.post("/webhook/slow", json={"n": 1}))
+        key = headers["Idempotency-Key"]
+        await asyncio.to_thread(wait_until, lambda: n8n.calls_for(key), what="the forward")
+        victim.stop(signal.SIGKILL)
+        with pytest.raises(httpx.TransportError):
+            await in_flight
+
+
 async def test_a_crash_mid_forward_is_taken_over_after_the_lease(
     gateway_env: dict[str, str], database_url: str, n8n: FakeN8n
 ) -> None:
     api_key = await new_api_key(database_url)
     key = f"crash-{uuid.uuid4()}"
     headers = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": key}
-    victim = Gateway(gateway_env)
-    async with httpx.AsyncClient(base_url=victim.base_url, headers=headers) as to_victim:
-        in_flight = asyncio.create_task(to_victim.post("/webhook/slow", json={"n": 1}))
-        await asyncio.to_thread(wait_until, lambda: n8n.calls_for(key), what="the forward")
-        victim.stop(signal.SIGKILL)
-        with pytest.raises(httpx.TransportError):
-            await in_flight
+    await kill_9_mid_forward(gateway_env, n8n, headers)
 
     with gateways(1, gateway_env) as [survivor]:
         async with httpx.AsyncClient(base_url=survivor.base_url, headers=headers) as client:
@@ -226,13 +232,7 @@ async def test_a_sync_execution_whose_process_died_ends_failed_and_expires(
     api_key = await new_api_key(database_url)
     key = f"abandoned-{uuid.uuid4()}"
     headers = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": key}
-    victim = Gateway(gateway_env)
-    async with httpx.AsyncClient(base_url=victim.base_url, headers=headers) as to_victim:
-        in_flight = asyncio.create_task(to_victim.post("/webhook/slow", json={"n": 1}))
-        await asyncio.to_thread(wait_until, lambda: n8n.calls_for(key), what="the forward")
-        victim.stop(signal.SIGKILL)
-        with pytest.raises(httpx.TransportError):
-            await in_flight
+    await kill_9_mid_forward(gateway_env, n8n, headers)
     async with make_client(api_key=api_key, reaper_interval_seconds=0) as client:
         deadline = time.monotonic() + 10
         while not await client.services.reaper.end_abandoned_once():  # once the lease ran out
