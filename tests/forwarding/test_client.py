@@ -544,3 +544,13 @@ async def test_a_failure_s_detail_keeps_the_query_string_out(
     with pytest.raises(N8nUnreachable) as caught:
         await client.forward(outbound)
     assert "SECRET123" not in caught.value.detail
+
+
+async def test_an_empty_encoded_answer_is_not_decoded(
+    serve: RawServerFactory, clients: ClientFactory
+) -> None:
+    """A HEAD answer carries GET's Content-Encoding, and no body to decode."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 30\r\n\r\n"
+    server = await serve(Answer(head))
+    response = await post(await clients(server.url), b"", method="HEAD", headers=[])
+    assert (response.status, response.body) == (200, b"")
