@@ -151,7 +151,7 @@ class TriggerEndpoints:
 
     A trigger is the gateway's hot path, and FastAPI's route machinery (dependency solving,
     exit stacks, response wrapping) cost about 100 µs of CPU on each one, a sixth of the
-    gateway's share of an async accept (README, Benchmark). Errors become problem+json here,
+    gateway's share of an async accept (docs/benchmarks.md). Errors become problem+json here,
     as the app's handlers would render them.
     """
 
