@@ -21,13 +21,20 @@ from app.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
 LINGER_SECONDS = 1.0
 
 
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback: httptools stops parsing, uvicorn answers with
+    `send_400_response`, which answers 431 instead."""
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         settings = get_settings()
         self._max_head_bytes = settings.max_head_bytes
         self._head_timeout_seconds = settings.head_timeout_seconds
-        self._head_bytes = 0
+        self._head_bytes = 0  # as received, for a head that does not end
+        self._head_size = 0  # as parsed: line and headers, for one that ends in one read
+        self._head_over = False
         self._in_head = True
         self._head_timer: asyncio.TimerHandle | None = None
 
@@ -53,7 +60,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True  # the next request on a kept-alive connection
+        self._head_size = 0
         self._start_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > self._max_head_bytes:
+            self._head_over = True
+            raise _HeadTooLarge
+
+    def send_400_response(self, msg: str) -> None:
+        if self._head_over:
+            self._refuse_head()
+        else:
+            super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
         self._in_head = False

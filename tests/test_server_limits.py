@@ -60,6 +60,14 @@ async def test_a_64_mib_header_is_refused_at_once_and_others_are_served_meanwhil
     assert answered < 3
 
 
+async def test_a_head_over_the_bound_sent_in_one_write_is_431_too(gateway: Gateway) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: gate\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    await close(writer)
+    assert head.startswith(b"HTTP/1.1 431 ")
+
+
 async def test_connections_that_stop_in_the_middle_of_a_head_are_closed(
     gateway: Gateway,
 ) -> None:
