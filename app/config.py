@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # Peers whose X-Forwarded-Proto / -Host are believed: "10.0.0.0/8,127.0.0.1". Empty: none.
     trusted_proxies: str = ""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    max_bytes_in_flight: int = Field(default=256 * 1024 * 1024, ge=1)
+    send_timeout_seconds: float = Field(default=30.0, gt=0)
+    send_min_bytes_per_second: int = Field(default=256 * 1024, ge=1)
     lease_seconds: float = Field(default=30.0, gt=0)
     lease_renew_seconds: float = Field(default=10.0, gt=0)
     unknown_outcome: Literal["retry", "refuse"] = "retry"
@@ -104,6 +107,15 @@ class Settings(BaseSettings):
     def _renew_before_expiry(self) -> Settings:
         if self.lease_renew_seconds >= self.lease_seconds:
             raise ValueError("GATE_LEASE_RENEW_SECONDS must be shorter than GATE_LEASE_SECONDS")
+        return self
+
+    @model_validator(mode="after")
+    def _one_body_fits(self) -> Settings:
+        if self.max_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                "GATE_MAX_BYTES_IN_FLIGHT must be at least GATE_MAX_BODY_BYTES: "
+                "no body of the largest size could ever be taken"
+            )
         return self
 
 

@@ -11,6 +11,7 @@ from app.config import Settings
 from app.db import Pool
 from app.executions.retention import Reaper
 from app.executions.service import ExecutionService
+from app.memory import ByteBudget
 from app.tenants.service import Authenticator, Tenant
 
 
@@ -21,6 +22,7 @@ class Services:
     authenticator: Authenticator
     executions: ExecutionService
     reaper: Reaper
+    budget: ByteBudget
 
 
 async def get_services(request: Request) -> Services:  # async: sync deps run in a thread

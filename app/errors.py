@@ -18,6 +18,7 @@ GateError                       every error a client may see
 ├── N8nUnreachable              502
 ├── N8nAnswerTooLarge           502
 ├── DatabaseUnavailable         503
+├── GatewayBusy                 503
 ├── N8nStarting                 503
 └── N8nTimeout                  504
 """
@@ -206,6 +207,17 @@ class DatabaseUnavailable(GateError):
     status_code = 503
     slug = "database-unavailable"
     title = "Database unavailable"
+
+
+class GatewayBusy(GateError):
+    """The process holds as many bytes for requests in flight as it may: nothing was taken."""
+
+    status_code = 503
+    slug = "gateway-busy"
+    title = "Gateway busy"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "1"})
 
 
 class N8nStarting(ForwardFailed):

@@ -23,6 +23,7 @@ from app.executions.routes import router as executions_router
 from app.executions.service import ExecutionService
 from app.forwarding.client import N8nClient
 from app.health.routes import router as health_router
+from app.memory import ByteBudget
 from app.migrations import schema_state
 from app.tenants.service import Authenticator
 
@@ -79,7 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
                 finished.on_delivery_due = workers.wake
                 authenticator = Authenticator(pool, cache_seconds=settings.auth_cache_seconds)
-                services = Services(settings, pool, authenticator, executions, reaper)
+                budget = ByteBudget(limit=settings.max_bytes_in_flight)
+                services = Services(settings, pool, authenticator, executions, reaper, budget)
                 async with workers:
                     _freeze_startup_objects()
                     yield {"services": services}

@@ -1,10 +1,11 @@
-"""The HTTP server's protocol: uvicorn's httptools protocol with the two bounds it lacks.
+"""The HTTP server's protocol: uvicorn's httptools protocol with the bounds it lacks.
 
 httptools takes a request head of any size (one 64 MiB header cost seconds of CPU, quadratic in
 its size, before the 401) and uvicorn waits for an incomplete head forever (no timer runs until
 a first response). This subclass answers 431 once a head passes `max_head_bytes`, and closes a
 connection whose head has not arrived whole within `head_timeout_seconds` of its first byte (or
-of the connection, for one that sends nothing).
+of the connection, for one that sends nothing). Each request's scope also carries a way to drop
+its connection, which answers use on a caller too slow to read them (app/sending.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.config import get_settings
 from app.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
+from app.sending import ABORT_EXTENSION
 
 LINGER_SECONDS = 1.0
 
@@ -59,6 +61,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope["extensions"] = {ABORT_EXTENSION: self._abort}  # type: ignore[dict-item]
         self._in_head = True  # the next request on a kept-alive connection
         self._head_size = 0
         self._start_head_timer()
@@ -88,6 +91,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._stop_head_timer()
         super().on_headers_complete()
+
+    def _abort(self) -> None:
+        """Drops the connection and what its write buffer holds (a caller too slow to read)."""
+        self.transport.abort()
 
     def _start_head_timer(self) -> None:
         if self._head_timer is None:

@@ -8,6 +8,7 @@ Registered production webhooks (method, path → behaviour):
     POST flaky         500 while `failures_left[key]` > 0, then echoes
     POST busy          429 with Retry-After: 1 while `failures_left[key]` > 0, then echoes
     POST binary        200 application/octet-stream bytes (not UTF-8)
+    POST large         200 application/octet-stream, ?bytes=N bytes ("Respond to Webhook" binary)
     POST respond       "Respond to Webhook" node: 201, text body, custom X-Execution-Id header
     POST missing-order "Respond to Webhook" node answering a workflow-level 404
     POST customer      "Respond to Webhook" 404 {"message":"Customer 42 is not registered"}
@@ -41,6 +42,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -169,6 +171,7 @@ class FakeN8n:
             "flaky": self._flaky,
             "busy": self._busy,
             "binary": self._binary,
+            "large": self._large,
             "respond": self._respond,
             "missing-order": self._missing_order,
             "customer": self._customer,
@@ -276,6 +279,10 @@ class FakeN8n:
 
     async def _binary(self, call: Call) -> Response:
         return Response(BINARY_BODY, media_type="application/octet-stream")
+
+    async def _large(self, call: Call) -> Response:
+        size = int(dict(parse_qsl(call.query)).get("bytes", "0"))
+        return Response(b"\x00" * size, media_type="application/octet-stream")
 
     async def _respond(self, call: Call) -> Response:
         return Response(

@@ -10,12 +10,13 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.config import Settings
-from app.deps import CurrentTenant, ServicesDep, get_services
+from app.deps import CurrentTenant, Services, ServicesDep, get_services
 from app.errors import (
     DatabaseUnavailable,
     ExecutionInFlight,
     ExecutionNotFound,
     GateError,
+    GatewayBusy,
     IdempotencyKeyReused,
     InvalidIdempotencyKey,
     InvalidRequest,
@@ -56,8 +57,10 @@ from app.executions.trigger import (
     parse_webhook_path,
 )
 from app.forwarding.headers import Via, is_trusted, to_forward
+from app.memory import Holding
 from app.numbers import ascii_int
-from app.tenants.service import GATE_KEY_HEADER
+from app.sending import HeldResponse, held_body
+from app.tenants.service import GATE_KEY_HEADER, Tenant
 
 # Every method n8n's Webhook node takes.
 TRIGGER_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
@@ -245,6 +248,7 @@ _TRIGGER_ERRORS = (
     Unauthorized,
     MethodNotAllowed,
     ExecutionInFlight,
+    GatewayBusy,
     OutcomeUnknown,
     PayloadTooLarge,
     RequestTimeout,
@@ -278,43 +282,53 @@ async def _trigger(request: Request, *, mode: Mode) -> Response:
     )
     workflow_path, forwarded_path = parse_webhook_path(_path_after(request, mode=mode))
     key = parse_idempotency_key(request.headers.getlist("idempotency-key"))
-    trigger = TriggerRequest(
-        key=key,
-        method=request.method,
-        mode=mode,
-        workflow_path=workflow_path,
-        raw_path=forwarded_path,
-        # As received: the server admits only ASCII in the target, and building request.url
-        # (a urlsplit of the whole URL) was a visible share of an accept's CPU.
-        query=request.scope["query_string"].decode("latin-1"),
-        headers=to_forward(request.headers.items(), via=_via(request, services.settings)),
-        body=await _read_body(
-            request,
-            limit=services.settings.max_body_bytes,
-            within=services.settings.body_timeout_seconds,
-        ),
-    )
     preferences = parse_preferences(request.headers.getlist("prefer"))
     applied = _applied_preferences(preferences, max_wait=services.settings.max_wait_seconds)
+    holding = services.budget.holding()  # the body's bytes, until the gateway is done with it
     try:
-        if "respond-async" in applied:
-            accepted = await services.executions.accept(tenant=tenant, request=trigger)
-            response = _accepted(accepted, key=key)
-        else:
-            wait = int(applied.get("wait", "0"))
-            answer = await services.executions.trigger(
-                tenant=tenant, request=trigger, wait_seconds=wait
-            )
-            response = _response(answer, key=key, head=request.method == "HEAD")
+        trigger = TriggerRequest(
+            key=key,
+            method=request.method,
+            mode=mode,
+            workflow_path=workflow_path,
+            raw_path=forwarded_path,
+            # As received: the server admits only ASCII in the target, and building request.url
+            # (a urlsplit of the whole URL) was a visible share of an accept's CPU.
+            query=request.scope["query_string"].decode("latin-1"),
+            headers=to_forward(request.headers.items(), via=_via(request, services.settings)),
+            body=await _read_body(
+                request,
+                holding=holding,
+                limit=services.settings.max_body_bytes,
+                within=services.settings.body_timeout_seconds,
+            ),
+        )
+        outcome = await _run_trigger(services, tenant, trigger, applied=applied)
     except GateError as exc:
         exc.headers.setdefault("Location", location_for(key))
         exc.headers[EXECUTION_HEADER] = location_for(key)
         if applied:
             exc.headers["Preference-Applied"] = _preference_applied(applied)
         raise
+    finally:
+        holding.release()
+    if isinstance(outcome, Accepted):
+        response = _accepted(outcome, key=key)
+    else:
+        head = request.method == "HEAD"
+        response = await _response(outcome, key=key, head=head, services=services)
     if applied:
         response.headers["Preference-Applied"] = _preference_applied(applied)
     return response
+
+
+async def _run_trigger(
+    services: Services, tenant: Tenant, trigger: TriggerRequest, *, applied: dict[str, str]
+) -> Accepted | GatewayAnswer:
+    if "respond-async" in applied:
+        return await services.executions.accept(tenant=tenant, request=trigger)
+    wait = int(applied.get("wait", "0"))
+    return await services.executions.trigger(tenant=tenant, request=trigger, wait_seconds=wait)
 
 
 def _via(request: Request, settings: Settings) -> Via:
@@ -360,23 +374,31 @@ def _accepted(accepted: Accepted, *, key: str) -> Response:
     return response
 
 
-async def _read_body(request: Request, *, limit: int, within: float) -> bytes:
+async def _read_body(request: Request, *, holding: Holding, limit: int, within: float) -> bytes:
     declared = ascii_int(request.headers.get("content-length", ""), max_digits=19)
     if declared is not None and declared > limit:
         raise _too_large(limit)
     chunks, size = [], 0
+    busy: GatewayBusy | None = None
     try:
         async with asyncio.timeout(within):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
                     raise _too_large(limit)
-                chunks.append(chunk)
+                if busy is None:
+                    busy = _admit(holding, max(size, declared or 0))
+                # Refused, the rest is read and dropped: closing on a caller still sending would
+                # reset the connection and lose the answer that says why.
+                if busy is None:
+                    chunks.append(chunk)
     except TimeoutError:
         raise RequestTimeout(
             f"The body did not arrive whole within {within:g} s (GATE_BODY_TIMEOUT_SECONDS); "
             "nothing was forwarded."
         ) from None
+    if busy is not None:
+        raise busy
     if declared is not None and size != declared:
         # uvicorn hands the app no body for a request that asks to upgrade (curl --http2 on
         # http:// sends Upgrade: h2c): forwarding that would record an empty trigger.
@@ -388,14 +410,33 @@ async def _read_body(request: Request, *, limit: int, within: float) -> bytes:
     return b"".join(chunks)
 
 
+def _admit(holding: Holding, size: int) -> GatewayBusy | None:
+    """Takes the body's bytes so far (all it declares, at once) or says why not."""
+    try:
+        holding.take(size - holding.size)
+    except GatewayBusy as busy:
+        return busy
+    return None
+
+
 def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"The body is larger than {limit} bytes (GATE_MAX_BODY_BYTES); nothing was forwarded."
     )
 
 
-def _response(answer: GatewayAnswer, *, key: str, head: bool) -> Response:
-    response = Response(content=b"" if head else answer.body, status_code=answer.status)
+async def _response(answer: GatewayAnswer, *, key: str, head: bool, services: Services) -> Response:
+    body = b"" if head else answer.body
+    holding = services.budget.holding()
+    settings = services.settings
+    response = HeldResponse(
+        await held_body(body, holding=holding, refusable=answer.replayed),
+        size=len(body),
+        status_code=answer.status,
+        holding=holding,
+        timeout_seconds=settings.send_timeout_seconds,
+        min_bytes_per_second=settings.send_min_bytes_per_second,
+    )
     for name, value in answer.headers:
         response.headers.append(name, value)
     response.headers[EXECUTION_HEADER] = location_for(key)

@@ -4,6 +4,8 @@ entries cost the garbage collector nothing (a full collection stalls every reque
 from __future__ import annotations
 
 import gc
+import json
+import tracemalloc
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +13,13 @@ from app.executions.cache import CompletedExecutions
 from app.executions.repo import ExecutionRow
 
 
-def completed_row(key: str, *, expires_in: timedelta = timedelta(hours=1)) -> ExecutionRow:
+def completed_row(
+    key: str,
+    *,
+    expires_in: timedelta = timedelta(hours=1),
+    headers: str = '[["x-n8n", "1"]]',
+    body: bytes = b'{"ok": true}',
+) -> ExecutionRow:
     now = datetime.now(UTC)
     return ExecutionRow(
         id=1,
@@ -26,9 +34,9 @@ def completed_row(key: str, *, expires_in: timedelta = timedelta(hours=1)) -> Ex
         lease_expired=False,
         response_status=200,
         response_content_type="application/json",
-        response_headers='[["x-n8n", "1"]]',
-        response_body=b'{"ok": true}',
-        response_body_bytes=12,
+        response_headers=headers,
+        response_body=body,
+        response_body_bytes=len(body),
         outcome_unknown=False,
         last_error_type=None,
         last_error_detail=None,
@@ -74,3 +82,60 @@ def test_entries_are_not_tracked_by_the_garbage_collector() -> None:
         if gc.is_tracked(part)
     ]
     assert tracked == []
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_entries_past_their_time_are_dropped_whether_looked_up_or_not() -> None:
+    clock = Clock()
+    cache = CompletedExecutions(max_bytes=1 << 30, ttl_seconds=60, clock=clock)
+    tenant = uuid.uuid4()
+    for i in range(50):
+        cache.put(tenant, completed_row(f"old{i}", body=b"x" * 100_000))
+    clock.now += 30
+    cache.put(tenant, completed_row("young"))
+    assert cache.get(tenant, "old0") is not None  # a lookup does not extend an entry's time
+    clock.now += 31
+    cache.put(tenant, completed_row("new"))
+    assert len(cache) == 2
+    assert cache.bytes < 10_000
+    assert cache.get(tenant, "young") is not None
+    clock.now += 30
+    assert cache.get(tenant, "new") is not None
+    assert len(cache) == 1
+
+
+def test_the_cache_counts_at_least_what_its_entries_hold() -> None:
+    """Headers count, not just bodies: 1,200 answers with 256 KiB of headers held 314 MB while
+    the cache believed it held about 1 KiB each."""
+    headers = json.dumps([[f"x-big-{i}", "v" * 8000] for i in range(32)])
+    tenant = uuid.uuid4()
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        cache = CompletedExecutions(max_bytes=1 << 30, ttl_seconds=60)
+        for i in range(200):
+            # Each row's own copy of its headers, as each row read from the database has.
+            cache.put(tenant, completed_row(f"key-{i}", headers=headers[:-1] + "]"))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(cache) == 200
+    assert held - before <= cache.bytes
+    assert cache.bytes <= 1.2 * (held - before)
+
+
+def test_the_cache_stays_within_its_bytes_counting_headers() -> None:
+    headers = json.dumps([[f"x-big-{i}", "v" * 8000] for i in range(32)])
+    cache = CompletedExecutions(max_bytes=8 << 20, ttl_seconds=60)
+    tenant = uuid.uuid4()
+    for i in range(1200):
+        cache.put(tenant, completed_row(f"key-{i}", headers=headers))
+    assert cache.bytes <= 8 << 20
+    assert len(cache) <= (8 << 20) // len(headers)
