@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "DATABASE_URL is not set; start the gateway with 'n8n-gate serve'."
             )
         pool = await db.create_pool(str(settings.database_url), settings)
+        budget = ByteBudget(limit=settings.max_bytes_in_flight)
         try:
             await _require_current_schema(pool)
             async with (
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     max_connections=settings.n8n_max_connections,
                     max_answer_bytes=settings.n8n_max_answer_bytes,
                     startup_wait_seconds=settings.n8n_startup_wait_seconds,
+                    budget=budget,
                 ) as n8n,
                 FinishedExecutions(
                     str(settings.database_url), connect_timeout=settings.db_connect_timeout_seconds
@@ -80,7 +82,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
                 finished.on_delivery_due = workers.wake
                 authenticator = Authenticator(pool, cache_seconds=settings.auth_cache_seconds)
-                budget = ByteBudget(limit=settings.max_bytes_in_flight)
                 services = Services(settings, pool, authenticator, executions, reaper, budget)
                 async with workers:
                     _freeze_startup_objects()

@@ -13,7 +13,12 @@ answers overdraw the budget, every new body and replay is refused until they are
 
 from __future__ import annotations
 
+import sys
+import tempfile
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from app.errors import GatewayBusy
 
@@ -61,3 +66,95 @@ class Holding:
     def release(self) -> None:
         self.budget._give_back(self.size)
         self.size = 0
+
+
+class Body:
+    """An answer's bytes as they arrive: in memory, charged to the budget, while it has room;
+    from the first chunk that does not fit, all of it in an unlinked temporary file (a proxy's
+    buffering to disk), which the system deletes however the process ends.
+
+    Given back to the budget when closed, or when the last reference to it goes, whichever
+    comes first: an answer dropped on any path (its caller gone, an error) cannot leak.
+    File writes and reads are not sent to a thread: they go to the page cache, 64 KiB at a time.
+    """
+
+    def __init__(self, budget: ByteBudget | None = None) -> None:
+        self.size = 0
+        self._holding = (budget or ByteBudget(limit=sys.maxsize)).holding()
+        self._chunks: list[bytes] = []
+        self._file: BinaryIO | None = None
+        self._finalizer: Callable[[], object] = weakref.finalize(
+            self, _give_back, self._holding, self._chunks
+        )
+
+    @classmethod
+    def of(cls, data: bytes, *, budget: ByteBudget | None = None, refusable: bool) -> Body:
+        """Bytes in memory, charged: refusable ones raise `GatewayBusy` when they do not fit,
+        others go to disk."""
+        body = cls(budget)
+        if refusable:
+            body._holding.take(len(data))
+            body.size = len(data)
+            body._chunks.append(data)
+        else:
+            body.write(data)
+        return body
+
+    @property
+    def on_disk(self) -> bool:
+        return self._file is not None
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self._file is None:
+            try:
+                self._holding.take(len(data))
+            except GatewayBusy:
+                self._to_disk()
+            else:
+                self._chunks.append(data)
+                return
+        assert self._file is not None
+        self._file.write(data)
+
+    def prefix(self, size: int) -> bytes:
+        """The first `size` bytes (all of them when there are fewer)."""
+        if self._file is not None:
+            self._file.seek(0)
+            return self._file.read(size)
+        taken, length = [], 0
+        for chunk in self._chunks:
+            if length >= size:
+                break
+            taken.append(chunk[: size - length])
+            length += len(taken[-1])
+        return b"".join(taken)
+
+    def chunks(self, size: int = 64 * 1024) -> Iterator[bytes]:
+        """The bytes in order, in chunks of at most `size` bytes."""
+        if self._file is not None:
+            self._file.seek(0)
+            while chunk := self._file.read(size):
+                yield chunk
+            return
+        for chunk in self._chunks:
+            view = memoryview(chunk)
+            for start in range(0, len(view), size):
+                yield bytes(view[start : start + size]) if len(view) > size else chunk
+
+    def close(self) -> None:
+        self._finalizer()
+        if self._file is not None:
+            self._file.close()
+
+    def _to_disk(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the body
+        for chunk in self._chunks:
+            self._file.write(chunk)
+        self._finalizer()  # the chunks are on disk now: memory given back
+        self._finalizer = weakref.finalize(self, self._file.close)
+
+
+def _give_back(holding: Holding, chunks: list[bytes]) -> None:
+    chunks.clear()
+    holding.release()

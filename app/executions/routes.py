@@ -57,9 +57,9 @@ from app.executions.trigger import (
     parse_webhook_path,
 )
 from app.forwarding.headers import Via, is_trusted, to_forward
-from app.memory import Holding
+from app.memory import Body, Holding
 from app.numbers import ascii_int
-from app.sending import HeldResponse, held_body
+from app.sending import HeldResponse
 from app.tenants.service import GATE_KEY_HEADER, Tenant
 
 # Every method n8n's Webhook node takes.
@@ -316,7 +316,7 @@ async def _trigger(request: Request, *, mode: Mode) -> Response:
         response = _accepted(outcome, key=key)
     else:
         head = request.method == "HEAD"
-        response = await _response(outcome, key=key, head=head, services=services)
+        response = _response(outcome, key=key, head=head, services=services)
     if applied:
         response.headers["Preference-Applied"] = _preference_applied(applied)
     return response
@@ -425,15 +425,18 @@ def _too_large(limit: int) -> PayloadTooLarge:
     )
 
 
-async def _response(answer: GatewayAnswer, *, key: str, head: bool, services: Services) -> Response:
-    body = b"" if head else answer.body
-    holding = services.budget.holding()
+def _response(answer: GatewayAnswer, *, key: str, head: bool, services: Services) -> Response:
+    body = answer.body
+    if head:
+        if isinstance(body, Body):
+            body.close()
+        body = Body()
+    elif not isinstance(body, Body):  # refused, a replay is only asked again; a problem is small
+        body = Body.of(body, budget=services.budget, refusable=answer.replayed)
     settings = services.settings
     response = HeldResponse(
-        await held_body(body, holding=holding, refusable=answer.replayed),
-        size=len(body),
+        body,
         status_code=answer.status,
-        holding=holding,
         timeout_seconds=settings.send_timeout_seconds,
         min_bytes_per_second=settings.send_min_bytes_per_second,
     )

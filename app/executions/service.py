@@ -51,6 +51,7 @@ from app.executions.lease import LeaseKeeper
 from app.executions.trigger import TriggerRequest, location_for
 from app.forwarding.answers import OUTCOME_UNKNOWN, AnswerKind
 from app.forwarding.client import N8nClient, N8nResponse, Outbound
+from app.memory import Body
 from app.tenants.service import Tenant
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class GatewayAnswer:
     status: int
     content_type: str | None
     headers: list[tuple[str, str]]
-    body: bytes
+    body: bytes | Body  # Body: fresh from n8n, charged to the budget or on disk
     replayed: bool
 
 
@@ -561,8 +562,8 @@ class ExecutionService:
             response_status=response.status,
             response_content_type=response.content_type,
             response_headers=response.headers,
-            response_body=response.body[: self.settings.max_stored_body_bytes],
-            response_body_bytes=len(response.body),
+            response_body=response.body.prefix(self.settings.max_stored_body_bytes),
+            response_body_bytes=response.body.size,
             error_type=_error_type(response) if failed else None,
             error_detail=_error_detail(response) if failed else None,
             outcome_unknown=response.kind in OUTCOME_UNKNOWN,
@@ -721,7 +722,7 @@ def _error_detail(response: N8nResponse) -> str:
 def _n8n_message(response: N8nResponse) -> str:
     """`: <message>` of a JSON error body such as n8n's own, for the log and the status."""
     try:
-        payload = json.loads(response.body[:4096])
+        payload = json.loads(response.body.prefix(4096))
     except ValueError:
         return ""
     message = payload.get("message") if isinstance(payload, dict) else None

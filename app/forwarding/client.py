@@ -19,6 +19,7 @@ import time
 import urllib.request
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
@@ -33,6 +34,7 @@ from app.errors import (
 from app.forwarding.answers import Answer, AnswerKind, classify, is_starting_page
 from app.forwarding.headers import NOT_REPLAYED, end_to_end
 from app.forwarding.readiness import Readiness
+from app.memory import Body, ByteBudget
 
 # Node's HTTP server (n8n) closes idle keep-alive connections after 5 s; reusing one it is
 # closing fails the request, so the gateway drops idle connections first.
@@ -43,6 +45,7 @@ MAX_HEADERS = 128
 # Encodings the client asks for and decodes; any other stays with its body.
 DECODED_ENCODINGS = frozenset({"gzip", "deflate"})
 READ_CHUNK_BYTES = 64 * 1024
+CLASSIFIED_BYTES = 64 * 1024
 # How long after n8n says it is ready a "not registered" still means "not yet".
 SETTLE_SECONDS = 5.0
 
@@ -63,7 +66,7 @@ class N8nResponse:
     status: int
     content_type: str | None
     headers: list[tuple[str, str]]
-    body: bytes
+    body: Body
     kind: AnswerKind
 
     def header(self, name: str) -> str | None:
@@ -83,23 +86,43 @@ class UndecodableAnswer(Exception):
     pass
 
 
-def decode(body: bytes, *, encoding: str, max_bytes: int) -> bytes | None:
-    """A gzip or deflate body decoded whole; None when it is over `max_bytes` once decoded (a
-    compression bomb stops there); UndecodableAnswer when it is corrupt or cut short."""
+def decode(
+    body: Body, *, encoding: str, max_bytes: int, budget: ByteBudget | None = None
+) -> Body | None:
+    """A gzip or deflate body decoded, as it is read; None when it is over `max_bytes` once
+    decoded (a compression bomb stops there); UndecodableAnswer when it is corrupt, cut short or
+    followed by other bytes."""
     # deflate is zlib-wrapped by the RFC, raw in some servers' hands: try both.
     for wbits in (
         (16 + zlib.MAX_WBITS,) if encoding == "gzip" else (zlib.MAX_WBITS, -zlib.MAX_WBITS)
     ):
-        decoder = zlib.decompressobj(wbits)
+        decoded = Body(budget)
         try:
-            decoded = decoder.decompress(body, max_bytes + 1)
+            whole = _decompress(body, zlib.decompressobj(wbits), into=decoded, max_bytes=max_bytes)
         except zlib.error:
-            continue
-        if len(decoded) > max_bytes:
+            whole = False
+        if decoded.size > max_bytes:
+            decoded.close()
             return None
-        if decoder.eof and not decoder.unused_data:
+        if whole:
             return decoded
+        decoded.close()
     raise UndecodableAnswer(f"an undecodable {encoding} answer (corrupt or cut short)")
+
+
+def _decompress(body: Body, decoder: Any, *, into: Body, max_bytes: int) -> bool:
+    """Decodes `body` into `into` up to one byte past `max_bytes`; True when it ended exactly
+    where the body does."""
+    for chunk in body.chunks():
+        if decoder.eof:
+            return False  # bytes after the end
+        data = chunk
+        while data:
+            into.write(decoder.decompress(data, max_bytes + 1 - into.size))
+            if into.size > max_bytes:
+                return False
+            data = decoder.unconsumed_tail
+    return bool(decoder.eof and not decoder.unused_data)
 
 
 class N8nClient:
@@ -112,6 +135,7 @@ class N8nClient:
         max_connections: int,
         max_answer_bytes: int,
         startup_wait_seconds: float = 0.0,
+        budget: ByteBudget | None = None,
         readiness_poll_seconds: float = 0.5,
     ) -> None:
         self._base_url = base_url.rstrip("/")
@@ -121,6 +145,7 @@ class N8nClient:
         self._timeout = timeout
         self._max_connections = max_connections
         self._max_answer_bytes = max_answer_bytes
+        self._budget = budget
         self._startup_wait_seconds = startup_wait_seconds
         self._session: aiohttp.ClientSession | None = None
         self._proxy: str | None = None
@@ -272,8 +297,11 @@ class N8nClient:
             body = await self._read_body(response)
         raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         encoding = response.headers.get("Content-Encoding", "").strip().lower()
-        if encoding in DECODED_ENCODINGS and body:  # HEAD, 204 and 304 answers have none
-            decoded = decode(body, encoding=encoding, max_bytes=self._max_answer_bytes)
+        if encoding in DECODED_ENCODINGS and body.size:  # HEAD, 204 and 304 answers have none
+            decoded = decode(
+                body, encoding=encoding, max_bytes=self._max_answer_bytes, budget=self._budget
+            )
+            body.close()
             if decoded is None:
                 raise _TooLarge(
                     f"its answer ({response.status}) is larger than {self._max_answer_bytes} "
@@ -284,7 +312,9 @@ class N8nClient:
         answer = Answer(
             status=response.status,
             content_type=content_type,
-            body=body,
+            # n8n's own answers are small, and known by their whole body: a prefix of a larger
+            # body is never one of them.
+            body=body.prefix(CLASSIFIED_BYTES),
             content_length=response.content_length,
             authenticate=response.headers.get("WWW-Authenticate"),
         )
@@ -297,20 +327,20 @@ class N8nClient:
             kind=kind,
         )
 
-    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
-        """The whole (decoded) body, or _TooLarge past the limit; its connection is dropped."""
+    async def _read_body(self, response: aiohttp.ClientResponse) -> Body:
+        """The whole body as sent, or _TooLarge past the limit; its connection is dropped."""
         declared, limit = response.content_length, self._max_answer_bytes
         if declared is not None and declared > self._max_answer_bytes:
             response.close()
             raise _TooLarge(f"its answer ({response.status}) is larger than {limit} bytes")
-        chunks, size = [], 0
+        body = Body(self._budget)
         async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
-            size += len(chunk)
-            if size > limit:
+            if body.size + len(chunk) > limit:
                 response.close()
+                body.close()
                 raise _TooLarge(f"its answer ({response.status}) is larger than {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            body.write(chunk)
+        return body
 
     def _dns_failed(self, exc: Exception) -> N8nUnreachable:
         return N8nUnreachable(
