@@ -6,6 +6,9 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
+# The migrations go into the package (app/alembic in the installed wheel): nothing is read from
+# the working directory at run time.
+COPY alembic ./alembic
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install .
 
 FROM python:3.11-slim
@@ -16,9 +19,6 @@ RUN groupadd --system --gid 10001 gate \
     && useradd --system --uid 10001 --gid gate --home-dir /srv --no-create-home gate
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /srv
-# alembic.ini and the revisions are read from the working directory at migrate time.
-COPY alembic.ini ./
-COPY alembic ./alembic
 USER gate
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \

@@ -1,4 +1,10 @@
-"""Runs Alembic from the application: the schema's one owner stays `alembic/`."""
+"""Runs Alembic from the application: the schema's one owner stays `alembic/`.
+
+The migrations are found through the package, never the working directory: a checkout keeps
+them beside `app/`, and the wheel carries the same files inside it as `app/alembic/`
+(pyproject.toml), so an installed gateway migrates from anywhere. `alembic.ini` at the top is
+for developers running `alembic` by hand; the gateway configures Alembic itself.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +32,9 @@ class SchemaState:
 
 
 def alembic_config(database_url: str) -> Config:
-    config = Config(str(_alembic_ini()))
+    config = Config()
+    config.set_main_option("script_location", str(script_location()))
+    config.set_main_option("path_separator", "os")
     config.attributes["database_url"] = database_url
     config.attributes["configure_logger"] = False
     return config
@@ -51,12 +59,10 @@ async def schema_state(conn: AnyConnection) -> SchemaState:
     return SchemaState(current=current, head=head_revision())
 
 
-def _alembic_ini() -> Path:
-    """alembic.ini beside the working directory (Docker, a checkout) or beside the package."""
-    for candidate in (
-        Path.cwd() / "alembic.ini",
-        Path(__file__).resolve().parent.parent / "alembic.ini",
-    ):
-        if candidate.is_file():
+def script_location() -> Path:
+    """The migrations inside the installed package, else beside it (a checkout)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "alembic", package.parent / "alembic"):
+        if (candidate / "env.py").is_file():
             return candidate
-    raise FileNotFoundError("alembic.ini not found: run n8n-gate from the project directory.")
+    raise FileNotFoundError(f"no migrations in {package / 'alembic'} nor beside {package}")
