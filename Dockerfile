@@ -5,11 +5,13 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY requirements/app.txt ./requirements/app.txt
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --require-hashes -r requirements/app.txt
 COPY app ./app
 # The migrations go into the package (app/alembic in the installed wheel): nothing is read from
 # the working directory at run time.
 COPY alembic ./alembic
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install .
+RUN /opt/venv/bin/pip install --no-deps .
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \

@@ -1,5 +1,6 @@
 # Sourced by the scripts: make the virtualenv (Python 3.11+) and install the project into it
-# with the given extras, again only when pyproject.toml has changed. `$venv` names it:
+# with the given extras from their lock file (requirements/), again only when pyproject.toml or
+# the lock has changed. `$venv` names it:
 # N8N_GATE_VENV, else .venv; PYTHON picks the interpreter that creates it (else python3).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,10 +20,13 @@ elif [ -n "${PYTHON:-}" ] && [ "$(version "$venv/bin/python")" != "$(version "$p
         "remove it, or set N8N_GATE_VENV to another directory." >&2
     exit 1
 fi
-stamp="$venv/.installed-$extras-$(sha256sum pyproject.toml | cut -c1-16)"
+# The locked releases first (hash-checked), then the project itself on top of them.
+lock="requirements/$extras.txt"
+stamp="$venv/.installed-$extras-$(cat pyproject.toml "$lock" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet -e ".[$extras]"
+    "$venv/bin/python" -m pip install --quiet --require-hashes -r "$lock"
+    "$venv/bin/python" -m pip install --quiet --no-deps -e .
     rm -f "$venv"/.installed-"$extras"-*
     touch "$stamp"
 fi
