@@ -29,10 +29,10 @@ from app.deps import Services
 from app.embedded import EmbeddedPostgres, start_embedded
 from app.main import create_app
 from app.tenants.service import create_key
-from tests.fake_n8n import FakeN8n
-from tests.real_n8n import RealN8n
-from tests.real_n8n import install as real_n8n_install
-from tests.servers import refusing_port, serve_in_thread
+from tests.support.fake_n8n import FakeN8n
+from tests.support.real_n8n import RealN8n
+from tests.support.real_n8n import install as real_n8n_install
+from tests.support.servers import refusing_port, serve_in_thread
 
 
 @pytest.fixture(scope="session")

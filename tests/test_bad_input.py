@@ -12,9 +12,9 @@ import pytest
 
 from app.delivery.backoff import parse_retry_after
 from tests.conftest import ClientFactory
-from tests.executions_api import new_key
-from tests.fake_n8n import FakeN8n
-from tests.problems import assert_problem
+from tests.support.executions_api import new_key
+from tests.support.fake_n8n import FakeN8n
+from tests.support.problems import assert_problem
 
 
 @pytest.mark.parametrize("wait", ["²", "1" * 5000, "-1", "1e3", ""])

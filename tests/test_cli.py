@@ -11,9 +11,9 @@ import pytest
 
 from app.migrations import head_revision
 from tests.conftest import empty_database
-from tests.fake_n8n import FakeN8n
-from tests.processes import Gateway, cli_env
-from tests.servers import blackhole_port, refusing_port
+from tests.support.fake_n8n import FakeN8n
+from tests.support.processes import Gateway, cli_env
+from tests.support.servers import blackhole_port, refusing_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,6 +134,7 @@ def n8n_url(fake_n8n: tuple[FakeN8n, str]) -> str:
     return fake_n8n[1]
 
 
+@pytest.mark.slow
 def test_serve_without_database_url_uses_embedded_postgres_that_survives_a_restart(
     data_dir: Path, n8n_url: str
 ) -> None:

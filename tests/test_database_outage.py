@@ -12,9 +12,9 @@ import pytest
 
 from app.embedded import EmbeddedPostgres
 from tests.conftest import ClientFactory, GatewayClient
-from tests.dbproxy import DatabaseProxy
-from tests.fake_n8n import FakeN8n
-from tests.problems import assert_problem
+from tests.support.dbproxy import DatabaseProxy
+from tests.support.fake_n8n import FakeN8n
+from tests.support.problems import assert_problem
 
 
 @pytest.fixture

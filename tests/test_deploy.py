@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from tests.real_n8n import N8N_VERSION
+from tests.support.real_n8n import N8N_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 

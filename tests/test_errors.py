@@ -11,7 +11,7 @@ import pytest
 
 from app.config import Settings
 from tests.conftest import ClientFactory, GatewayClient, gateway_client
-from tests.problems import assert_problem
+from tests.support.problems import assert_problem
 
 SECRET = "connection string postgresql://admin:hunter2@db"
 

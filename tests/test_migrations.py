@@ -11,7 +11,7 @@ from alembic import command
 
 from app import migrations
 from tests.conftest import empty_database, gate_settings, gateway_client, new_api_key, run_as_admin
-from tests.fake_n8n import FakeN8n
+from tests.support.fake_n8n import FakeN8n
 
 
 def read_schema_state(url: str) -> migrations.SchemaState:

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from tests.conftest import new_api_key
-from tests.fake_n8n import FakeN8n
-from tests.processes import Gateway, cli_env
+from tests.support.fake_n8n import FakeN8n
+from tests.support.processes import Gateway, cli_env
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,5 @@
-"""The gateway in front of a real n8n (tests/real_n8n.py): what it records and replays is what
-n8n answered, and every trigger runs its workflow once, through restarts of n8n included.
+"""The gateway in front of a real n8n (tests/support/real_n8n.py): what it records and replays
+is what n8n answered, and every trigger runs its workflow once, through restarts of n8n included.
 Runs per key are read from n8n's own database."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from tests.conftest import ClientFactory, GatewayClient
-from tests.executions_api import new_key, status_of, until_status
-from tests.fake_n8n import FakeN8n
-from tests.real_n8n import HOOK_SECRET, LATE_ID, PAGE, REDIRECT_TO, RealN8n
+from tests.support.executions_api import new_key, status_of, until_status
+from tests.support.fake_n8n import FakeN8n
+from tests.support.real_n8n import HOOK_SECRET, LATE_ID, PAGE, REDIRECT_TO, RealN8n
 
 pytestmark = pytest.mark.slow
 

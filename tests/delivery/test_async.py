@@ -14,10 +14,10 @@ import pytest
 
 from app.delivery.backoff import Backoff, parse_retry_after
 from tests.conftest import ClientFactory
-from tests.executions_api import until_status
-from tests.fake_n8n import FakeN8n, ProxyInFront
-from tests.problems import assert_problem
-from tests.servers import bound_socket, serve_in_thread
+from tests.support.executions_api import until_status
+from tests.support.fake_n8n import FakeN8n, ProxyInFront
+from tests.support.problems import assert_problem
+from tests.support.servers import bound_socket, serve_in_thread
 
 ASYNC = {"Prefer": "respond-async"}
 

@@ -11,8 +11,10 @@ from collections import Counter
 import pytest
 
 from tests.conftest import ClientFactory, new_api_key
-from tests.fake_n8n import FakeN8n
-from tests.processes import Gateway, cli_env, gateways
+from tests.support.fake_n8n import FakeN8n
+from tests.support.processes import Gateway, cli_env, gateways
+
+pytestmark = pytest.mark.slow  # real gateway processes
 
 ASYNC = {"Prefer": "respond-async"}
 

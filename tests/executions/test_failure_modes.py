@@ -9,10 +9,10 @@ import httpx
 import pytest
 
 from tests.conftest import ClientFactory
-from tests.executions_api import new_key, status_of
-from tests.fake_n8n import BINARY_BODY, FakeN8n, ProxyInFront
-from tests.problems import assert_problem
-from tests.servers import blackhole_port, serve_in_thread
+from tests.support.executions_api import new_key, status_of
+from tests.support.fake_n8n import BINARY_BODY, FakeN8n, ProxyInFront
+from tests.support.problems import assert_problem
+from tests.support.servers import blackhole_port, serve_in_thread
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from app.executions.finished import CHANNEL, FinishedExecutions
-from tests.dbproxy import DatabaseProxy
+from tests.support.dbproxy import DatabaseProxy
 
 TENANT = uuid.uuid4()
 

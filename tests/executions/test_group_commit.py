@@ -12,8 +12,8 @@ import httpx
 
 from tests.conftest import ClientFactory, new_api_key
 from tests.delivery.test_async import until_status
-from tests.fake_n8n import FakeN8n
-from tests.problems import assert_problem
+from tests.support.fake_n8n import FakeN8n
+from tests.support.problems import assert_problem
 
 KEYS = 30
 

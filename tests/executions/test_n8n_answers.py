@@ -1,6 +1,6 @@
 """What the gateway does with each kind of answer n8n gives: its start-up pages, its own 404s,
 a workflow's own 404 or HTML page, a path under another method. (The fake answers byte for
-byte as n8n 2.40.7 does; tests/real_n8n checks the same against the real one.)"""
+byte as n8n 2.40.7 does; tests/support/real_n8n checks the same against the real one.)"""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from tests.conftest import ClientFactory
-from tests.executions_api import new_key, status_of, until_status
-from tests.fake_n8n import FakeN8n, Phase
-from tests.problems import assert_problem
+from tests.support.executions_api import new_key, status_of, until_status
+from tests.support.fake_n8n import FakeN8n, Phase
+from tests.support.problems import assert_problem
 
 
 @pytest.fixture

@@ -14,8 +14,10 @@ import httpx
 import pytest
 
 from tests.conftest import ClientFactory, new_api_key
-from tests.fake_n8n import FakeN8n
-from tests.processes import Gateway, cli_env, gateways
+from tests.support.fake_n8n import FakeN8n
+from tests.support.processes import Gateway, cli_env, gateways
+
+pytestmark = pytest.mark.slow  # real gateway processes
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from tests.conftest import ClientFactory
-from tests.fake_n8n import FakeN8n
+from tests.support.fake_n8n import FakeN8n
 
 
 async def test_a_finished_key_shows_when_it_expires(make_client: ClientFactory) -> None:

@@ -12,9 +12,9 @@ import pytest
 
 from app.executions import repo
 from tests.conftest import ClientFactory
-from tests.executions_api import new_key, status_of, until_status
-from tests.fake_n8n import FakeN8n
-from tests.problems import assert_problem
+from tests.support.executions_api import new_key, status_of, until_status
+from tests.support.fake_n8n import FakeN8n
+from tests.support.problems import assert_problem
 
 
 async def wait_for_calls(n8n: FakeN8n, key: str, count: int, *, within: float = 5.0) -> None:

@@ -9,7 +9,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from tests.problems import assert_problem
+from tests.support.problems import assert_problem
 
 
 async def trigger(client: httpx.AsyncClient, path: str = "echo", key: str | None = None) -> str:

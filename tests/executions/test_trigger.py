@@ -11,9 +11,9 @@ import pytest
 from app.errors import InvalidWebhookPath
 from app.executions.trigger import parse_webhook_path
 from tests.conftest import ClientFactory
-from tests.executions_api import new_key
-from tests.fake_n8n import BINARY_BODY, FakeN8n
-from tests.problems import assert_problem
+from tests.support.executions_api import new_key
+from tests.support.fake_n8n import BINARY_BODY, FakeN8n
+from tests.support.problems import assert_problem
 
 
 async def test_forwards_method_path_query_body_and_end_to_end_headers(

@@ -11,8 +11,8 @@ import pytest
 
 from app.executions.trigger import parse_prefer_wait
 from tests.conftest import ClientFactory, GatewayClient
-from tests.fake_n8n import FakeN8n
-from tests.problems import assert_problem
+from tests.support.fake_n8n import FakeN8n
+from tests.support.problems import assert_problem
 
 
 async def until_waiting(gateway: GatewayClient, count: int = 1, *, within: float = 5.0) -> None:

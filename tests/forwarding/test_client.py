@@ -23,7 +23,7 @@ from aiohttp.http_writer import StreamWriter
 
 from app.errors import ForwardFailed, N8nAnswerTooLarge, N8nTimeout, N8nUnreachable
 from app.forwarding.client import N8nClient, N8nResponse, Outbound
-from tests.servers import refusing_port
+from tests.support.servers import refusing_port
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
 

@@ -10,8 +10,8 @@ import pytest
 
 from app.tenants import repo
 from tests.conftest import ClientFactory, new_api_key
-from tests.fake_n8n import FakeN8n
-from tests.problems import assert_problem
+from tests.support.fake_n8n import FakeN8n
+from tests.support.problems import assert_problem
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import loopback_socket
+from tests.support.servers import loopback_socket
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli_env(**values: str) -> dict[str, str]:

@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from tests.processes import ROOT, free_port
+from tests.support.processes import ROOT, free_port
 
 N8N_VERSION = "2.40.7"
 _KEY = re.compile(r"key-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -173,7 +173,7 @@ class RealN8n:
         return int(rows[0][0])
 
     def runs_by_key(self, keys: list[str]) -> dict[str, int]:
-        """`runs_for` of many keys made by tests.executions_api.new_key, in one read."""
+        """`runs_for` of many keys made by tests.support.executions_api.new_key, in one read."""
         wanted, runs = set(keys), dict.fromkeys(keys, 0)
         for (data,) in self._query("SELECT data FROM execution_data"):
             for key in set(_KEY.findall(data)) & wanted:
