@@ -2,13 +2,12 @@
 
 Every trigger holds its body from the first byte until the gateway is done with it (waiting for
 a connection slot, for n8n, for a `Prefer: wait`), and its answer until the caller has read the
-last byte. Without a bound, callers that send big bodies and read nothing held any amount of
-memory (12 slow readers of a 60 MiB answer: RSS 0.3 → 1.6 GB).
+last byte. Without a bound, callers that send big bodies and read nothing held memory without
+limit.
 
-What the gateway may still refuse is admitted only while it fits: a request body, a replay
-(nothing changes if it is refused, and the caller retries). An answer from n8n is counted but
-never refused, because the workflow has run and its caller must get what it did; while such
-answers overdraw the budget, every new body and replay is refused until they are sent.
+What the gateway may refuse is admitted only while it fits: a request body as it arrives, a
+replay (nothing changes when either is refused, and the caller retries). An answer from n8n is
+never refused, because its workflow ran: what does not fit goes to disk (`Body`).
 """
 
 from __future__ import annotations
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from app.errors import GatewayBusy
+
+CHUNK_BYTES = 64 * 1024
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Holding:
         self.size += size
 
     def take_anyway(self, size: int) -> None:
-        """Counts bytes the gateway must hold whatever the budget says (a fresh answer)."""
+        """Counts bytes held whatever the budget says: an answer the disk could not take."""
         self.budget._take(size, may_refuse=False)
         self.size += size
 
@@ -71,7 +72,8 @@ class Holding:
 class Body:
     """An answer's bytes as they arrive: in memory, charged to the budget, while it has room;
     from the first chunk that does not fit, all of it in an unlinked temporary file (a proxy's
-    buffering to disk), which the system deletes however the process ends.
+    buffering to disk), which the system deletes however the process ends. A disk that refuses
+    (full, read-only) does not lose the answer: it stays in memory, over the budget.
 
     Given back to the budget when closed, or when the last reference to it goes, whichever
     comes first: an answer dropped on any path (its caller gone, an error) cannot leak.
@@ -114,8 +116,13 @@ class Body:
             else:
                 self._chunks.append(data)
                 return
-        assert self._file is not None
-        self._file.write(data)
+        if self._file is None:  # the disk refused: over the budget rather than lost
+            self._holding.take_anyway(len(data))
+            self._chunks.append(data)
+            return
+        unwritten = _write_all(self._file, data)
+        if unwritten:
+            self._back_to_memory(unwritten)
 
     def prefix(self, size: int) -> bytes:
         """The first `size` bytes (all of them when there are fewer)."""
@@ -130,7 +137,7 @@ class Body:
             length += len(taken[-1])
         return b"".join(taken)
 
-    def chunks(self, size: int = 64 * 1024) -> Iterator[bytes]:
+    def chunks(self, size: int = CHUNK_BYTES) -> Iterator[bytes]:
         """The bytes in order, in chunks of at most `size` bytes."""
         if self._file is not None:
             self._file.seek(0)
@@ -148,11 +155,42 @@ class Body:
             self._file.close()
 
     def _to_disk(self) -> None:
-        self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the body
-        for chunk in self._chunks:
-            self._file.write(chunk)
+        try:
+            # Unbuffered: after a failed write the file holds exactly what the system took.
+            file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - closed with the body
+        except OSError:
+            return  # no disk: the body stays in memory
+        if any(_write_all(file, chunk) for chunk in self._chunks):
+            file.close()
+            return
+        self._file = file
         self._finalizer()  # the chunks are on disk now: memory given back
-        self._finalizer = weakref.finalize(self, self._file.close)
+        self._finalizer = weakref.finalize(self, file.close)
+
+    def _back_to_memory(self, unwritten: bytes) -> None:
+        """The disk filled while the body was written: what it holds comes back to memory."""
+        assert self._file is not None
+        file, self._file = self._file, None
+        file.seek(0)
+        chunks = [*iter(lambda: file.read(CHUNK_BYTES), b""), unwritten]
+        file.close()
+        self._chunks.extend(chunks)
+        self._holding.take_anyway(sum(len(chunk) for chunk in chunks))
+        self._finalizer = weakref.finalize(self, _give_back, self._holding, self._chunks)
+
+
+def _write_all(file: BinaryIO, data: bytes) -> bytes:
+    """Writes `data` to an unbuffered file; what the system would not take (b"" for none)."""
+    view = memoryview(data)
+    try:
+        while view:
+            written = file.write(view)
+            if not written:
+                break
+            view = view[written:]
+    except OSError:
+        pass
+    return bytes(view)
 
 
 def _give_back(holding: Holding, chunks: list[bytes]) -> None:

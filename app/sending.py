@@ -39,18 +39,25 @@ class HeldResponse(Response):
         self.send_seconds = timeout_seconds + body.size / min_bytes_per_second
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A caller gone makes the server's send return at once: without a watch on the
+        # connection, the rest of a large answer would be read for nobody, in one go.
+        gone = asyncio.create_task(_disconnect(receive)) if self.held.size > SLICE_BYTES else None
         try:
-            await self._send_within(scope, send)
+            await self._send_within(scope, send, gone)
         finally:
             self.held.close()
+            if gone is not None:
+                gone.cancel()
 
-    async def _send_within(self, scope: Scope, send: Send) -> None:
+    async def _send_within(self, scope: Scope, send: Send, gone: asyncio.Task[None] | None) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
         try:
             async with asyncio.timeout(self.send_seconds):
                 for piece in self.held.chunks(SLICE_BYTES):
+                    if gone is not None and gone.done():
+                        return
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
         except TimeoutError:
@@ -58,3 +65,8 @@ class HeldResponse(Response):
             if abort is not None:
                 abort()
                 await asyncio.sleep(0)  # the server sees the connection lost before we return
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

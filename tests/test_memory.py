@@ -3,9 +3,14 @@ disk when not, given back however a body is let go."""
 
 from __future__ import annotations
 
+import errno
 import gc
+import io
+import os
+import tempfile
 
 import pytest
+from typing_extensions import Buffer
 
 from app.errors import GatewayBusy
 from app.memory import Body, ByteBudget
@@ -63,3 +68,56 @@ def test_a_body_let_go_without_closing_gives_its_bytes_back() -> None:
     gc.collect()
     assert budget.used == 0
     assert budget.peak == 80
+
+
+def test_a_body_let_go_gives_its_bytes_back_without_a_collection() -> None:
+    budget = ByteBudget(limit=100)
+    gc.disable()
+    try:
+        body = Body(budget)
+        body.write(b"x" * 80)
+        del body
+        assert budget.used == 0
+    finally:
+        gc.enable()
+
+
+class FullDisk(io.FileIO):
+    """A temporary file on a disk that takes `room` bytes, then refuses (ENOSPC)."""
+
+    room = 0
+
+    def write(self, data: Buffer) -> int:
+        if FullDisk.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        taken = min(FullDisk.room, memoryview(data).nbytes)
+        FullDisk.room -= taken
+        return super().write(memoryview(data)[:taken])
+
+
+def full_disk(monkeypatch: pytest.MonkeyPatch, *, room: int) -> None:
+    FullDisk.room = room
+
+    def temporary_file(buffering: int = -1) -> FullDisk:
+        fd, path = tempfile.mkstemp()
+        os.unlink(path)
+        return FullDisk(fd, "w+b")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", temporary_file)
+
+
+@pytest.mark.parametrize("room", [0, 30, 130], ids=["at-once", "while-moving", "while-writing"])
+def test_an_answer_the_disk_refuses_stays_whole_in_memory_over_the_budget(
+    monkeypatch: pytest.MonkeyPatch, room: int
+) -> None:
+    """Lost, it would become an unknown outcome, and a retry would run the workflow again."""
+    full_disk(monkeypatch, room=room)
+    budget = ByteBudget(limit=100)
+    body = Body(budget)
+    for part in (b"a" * 60, b"b" * 60, b"c" * 60):
+        body.write(part)
+    assert not body.on_disk
+    assert b"".join(body.chunks()) == b"a" * 60 + b"b" * 60 + b"c" * 60
+    assert budget.used == 180
+    body.close()
+    assert budget.used == 0

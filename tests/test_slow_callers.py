@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
 import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -88,22 +91,20 @@ async def test_bodies_waiting_for_n8n_hold_the_budget_and_one_more_is_refused(
 async def test_a_caller_that_reads_nothing_is_cut_off_and_its_answer_given_back(
     gateway: Gateway, n8n: FakeN8n, api_key: str
 ) -> None:
-    body = echo_body(8 * MIB)
+    big = f"/webhook/large?bytes={8 * MIB}"
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as client:
-        stored = await client.post("/webhook/echo", content=body, headers=headers(api_key, "big"))
+        stored = await client.post(big, headers=headers(api_key, "big"))
         assert stored.status_code == 200
-        stalled = stalled_reader(gateway.port, api_key, key="big", body=body)
+        stalled = stalled_reader(gateway.port, api_key, key="big", body=b"", path=big[9:])
         stalled.recv(1, socket.MSG_PEEK)  # its answer has started: the gateway holds it
         started = time.monotonic()
         small = await client.post(
             "/webhook/echo", content=b'"small"', headers=headers(api_key, "small")
         )
-        busy = await client.post("/webhook/echo", content=body, headers=headers(api_key, "big"))
+        busy = await client.post(big, headers={**headers(api_key, "big"), "Prefer": "wait=5"})
 
         async def replayed() -> httpx.Response | None:
-            answer = await client.post(
-                "/webhook/echo", content=body, headers=headers(api_key, "big")
-            )
+            answer = await client.post(big, headers=headers(api_key, "big"))
             return None if answer.status_code == 503 else answer
 
         replay = await eventually(replayed, within=10)
@@ -112,6 +113,9 @@ async def test_a_caller_that_reads_nothing_is_cut_off_and_its_answer_given_back(
     assert small.status_code == 200
     assert busy.status_code == 503
     assert busy.json()["type"].endswith(":gateway-busy")
+    assert busy.headers["location"] == "/v1/executions/big"
+    assert busy.headers["n8n-gate-execution"] == "/v1/executions/big"
+    assert busy.headers["preference-applied"] == "wait=5"
     assert replay.status_code == 200
     assert replay.headers["idempotent-replayed"] == "true"
     assert replay.content == stored.content
@@ -120,23 +124,53 @@ async def test_a_caller_that_reads_nothing_is_cut_off_and_its_answer_given_back(
     assert len(n8n.calls_for("big")) == 1
 
 
-async def test_a_fresh_answer_over_the_budget_is_not_refused_and_arrives_whole(
+async def test_a_fresh_answer_over_the_budget_waits_on_disk_and_arrives_whole(
     gateway: Gateway, n8n: FakeN8n, api_key: str
 ) -> None:
-    """The workflow ran: its answer waits for its caller on disk when memory is spoken for."""
-    stalled = stalled_reader(
-        gateway.port, api_key, key="holds-10", body=b"", path=f"large?bytes={10 * MIB}"
-    )
-    stalled.recv(1, socket.MSG_PEEK)
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as client:
-        answer = await client.post(
-            f"/webhook/large?bytes={10 * MIB}", headers=headers(api_key, "over-budget")
+    """The workflow ran: its answer is not refused, and waits for its caller on disk (an
+    unlinked file the gateway holds open) when memory is spoken for."""
+    path = f"large?bytes={10 * MIB}"
+    in_memory = stalled_reader(gateway.port, api_key, key="holds-10", body=b"", path=path)
+    in_memory.recv(1, socket.MSG_PEEK)
+    assert spooled_files(gateway) == []
+    on_disk = stalled_reader(gateway.port, api_key, key="spooled", body=b"", path=path)
+    on_disk.recv(1, socket.MSG_PEEK)
+    spooled = spooled_files(gateway)
+    in_memory.close()
+    status, body = read_answer(on_disk)
+    assert spooled == [10 * MIB]
+    assert status == 200
+    assert body == b"\x00" * (10 * MIB)
+    assert len(n8n.calls_for("spooled")) == 1
+
+
+async def test_a_declared_length_holds_nothing_until_its_bytes_arrive(
+    gateway: Gateway, api_key: str
+) -> None:
+    """Else a few bytes declaring large bodies would shut every tenant out."""
+    liars = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(4)]
+    for liar in liars:
+        liar.sendall(
+            f"POST /webhook/echo HTTP/1.1\r\nHost: gate\r\nAuthorization: Bearer {api_key}\r\n"
+            f'Idempotency-Key: liar\r\nContent-Length: {9 * MIB}\r\n\r\n"'.encode()
         )
-    stalled.close()
-    assert answer.status_code == 200
-    assert answer.content == b"\x00" * (10 * MIB)
-    assert answer.headers["content-length"] == str(10 * MIB)
-    assert len(n8n.calls_for("over-budget")) == 1
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as client:
+        honest = await client.post(
+            "/webhook/echo", content=echo_body(5 * MIB), headers=headers(api_key, "honest")
+        )
+    for liar in liars:
+        liar.close()
+    assert honest.status_code == 200
+
+
+def spooled_files(gateway: Gateway) -> list[int]:
+    """The sizes of the unlinked temporary files the gateway process holds open."""
+    sizes = []
+    for fd in Path(f"/proc/{gateway.process.pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).endswith("(deleted)"):
+                sizes.append(fd.stat().st_size)
+    return sizes
 
 
 def stalled_reader(
@@ -153,6 +187,20 @@ def stalled_reader(
     sock.settimeout(10)
     sock.sendall(head.encode() + body)
     return sock
+
+
+def read_answer(sock: socket.socket) -> tuple[int, bytes]:
+    """The rest of an answer, read as fast as it comes: its status and body."""
+    received = bytearray()
+    while b"\r\n\r\n" not in received:
+        received += sock.recv(1 << 16)
+    head, _, rest = bytes(received).partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
+    body = bytearray(rest)
+    while len(body) < length:
+        body += sock.recv(1 << 20)
+    sock.close()
+    return int(head.split(b" ", 2)[1]), bytes(body)
 
 
 def drain(sock: socket.socket) -> int:

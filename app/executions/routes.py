@@ -305,21 +305,29 @@ async def _trigger(request: Request, *, mode: Mode) -> Response:
         )
         outcome = await _run_trigger(services, tenant, trigger, applied=applied)
     except GateError as exc:
-        exc.headers.setdefault("Location", location_for(key))
-        exc.headers[EXECUTION_HEADER] = location_for(key)
-        if applied:
-            exc.headers["Preference-Applied"] = _preference_applied(applied)
-        raise
+        raise _about_key(exc, key=key, applied=applied) from None
     finally:
         holding.release()
-    if isinstance(outcome, Accepted):
-        response = _accepted(outcome, key=key)
-    else:
-        head = request.method == "HEAD"
-        response = _response(outcome, key=key, head=head, services=services)
+    try:
+        if isinstance(outcome, Accepted):
+            response = _accepted(outcome, key=key)
+        else:
+            head = request.method == "HEAD"
+            response = _response(outcome, key=key, head=head, services=services)
+    except GateError as exc:  # a replay the budget has no room for
+        raise _about_key(exc, key=key, applied=applied) from None
     if applied:
         response.headers["Preference-Applied"] = _preference_applied(applied)
     return response
+
+
+def _about_key(error: GateError, *, key: str, applied: dict[str, str]) -> GateError:
+    """A trigger's error once its key is known says where the key's execution is."""
+    error.headers.setdefault("Location", location_for(key))
+    error.headers[EXECUTION_HEADER] = location_for(key)
+    if applied:
+        error.headers["Preference-Applied"] = _preference_applied(applied)
+    return error
 
 
 async def _run_trigger(
@@ -386,8 +394,8 @@ async def _read_body(request: Request, *, holding: Holding, limit: int, within: 
                 size += len(chunk)
                 if size > limit:
                     raise _too_large(limit)
-                if busy is None:
-                    busy = _admit(holding, max(size, declared or 0))
+                if busy is None:  # as they arrive: a declared length holds nothing yet
+                    busy = _admit(holding, size)
                 # Refused, the rest is read and dropped: closing on a caller still sending would
                 # reset the connection and lose the answer that says why.
                 if busy is None:
@@ -411,7 +419,7 @@ async def _read_body(request: Request, *, holding: Holding, limit: int, within: 
 
 
 def _admit(holding: Holding, size: int) -> GatewayBusy | None:
-    """Takes the body's bytes so far (all it declares, at once) or says why not."""
+    """Takes the body's bytes so far, or says why not."""
     try:
         holding.take(size - holding.size)
     except GatewayBusy as busy:

@@ -46,6 +46,7 @@ MAX_HEADERS = 128
 DECODED_ENCODINGS = frozenset({"gzip", "deflate"})
 READ_CHUNK_BYTES = 64 * 1024
 CLASSIFIED_BYTES = 64 * 1024
+DECODED_SLICE_BYTES = 64 * 1024
 # How long after n8n says it is ready a "not registered" still means "not yet".
 SETTLE_SECONDS = 5.0
 
@@ -86,21 +87,27 @@ class UndecodableAnswer(Exception):
     pass
 
 
-def decode(
+async def decode(
     body: Body, *, encoding: str, max_bytes: int, budget: ByteBudget | None = None
 ) -> Body | None:
-    """A gzip or deflate body decoded, as it is read; None when it is over `max_bytes` once
-    decoded (a compression bomb stops there); UndecodableAnswer when it is corrupt, cut short or
-    followed by other bytes."""
+    """A gzip or deflate body decoded into a Body of its own (memory within the budget, disk
+    past it), 64 KiB at a time, yielding to other requests between slices; None when it is over
+    `max_bytes` once decoded (a compression bomb stops there); UndecodableAnswer when it is
+    corrupt, cut short or followed by other bytes."""
     # deflate is zlib-wrapped by the RFC, raw in some servers' hands: try both.
     for wbits in (
         (16 + zlib.MAX_WBITS,) if encoding == "gzip" else (zlib.MAX_WBITS, -zlib.MAX_WBITS)
     ):
         decoded = Body(budget)
         try:
-            whole = _decompress(body, zlib.decompressobj(wbits), into=decoded, max_bytes=max_bytes)
+            whole = await _decompress(
+                body, zlib.decompressobj(wbits), into=decoded, max_bytes=max_bytes
+            )
         except zlib.error:
             whole = False
+        except BaseException:
+            decoded.close()
+            raise
         if decoded.size > max_bytes:
             decoded.close()
             return None
@@ -110,18 +117,23 @@ def decode(
     raise UndecodableAnswer(f"an undecodable {encoding} answer (corrupt or cut short)")
 
 
-def _decompress(body: Body, decoder: Any, *, into: Body, max_bytes: int) -> bool:
+async def _decompress(body: Body, decoder: Any, *, into: Body, max_bytes: int) -> bool:
     """Decodes `body` into `into` up to one byte past `max_bytes`; True when it ended exactly
     where the body does."""
     for chunk in body.chunks():
         if decoder.eof:
             return False  # bytes after the end
         data = chunk
-        while data:
-            into.write(decoder.decompress(data, max_bytes + 1 - into.size))
+        while True:
+            room = min(DECODED_SLICE_BYTES, max_bytes + 1 - into.size)
+            decoded = decoder.decompress(data, room)
+            into.write(decoded)
             if into.size > max_bytes:
                 return False
             data = decoder.unconsumed_tail
+            if decoder.eof or (not data and len(decoded) < room):  # a full slice may leave
+                break  # output pending; past the end, zlib keeps the rest as unconsumed too
+            await asyncio.sleep(0)  # a large answer is many slices: others go on meanwhile
     return bool(decoder.eof and not decoder.unused_data)
 
 
@@ -298,10 +310,12 @@ class N8nClient:
         raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         encoding = response.headers.get("Content-Encoding", "").strip().lower()
         if encoding in DECODED_ENCODINGS and body.size:  # HEAD, 204 and 304 answers have none
-            decoded = decode(
-                body, encoding=encoding, max_bytes=self._max_answer_bytes, budget=self._budget
-            )
-            body.close()
+            try:
+                decoded = await decode(
+                    body, encoding=encoding, max_bytes=self._max_answer_bytes, budget=self._budget
+                )
+            finally:
+                body.close()
             if decoded is None:
                 raise _TooLarge(
                     f"its answer ({response.status}) is larger than {self._max_answer_bytes} "
@@ -334,12 +348,15 @@ class N8nClient:
             response.close()
             raise _TooLarge(f"its answer ({response.status}) is larger than {limit} bytes")
         body = Body(self._budget)
-        async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
-            if body.size + len(chunk) > limit:
-                response.close()
-                body.close()
-                raise _TooLarge(f"its answer ({response.status}) is larger than {limit} bytes")
-            body.write(chunk)
+        try:
+            async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
+                if body.size + len(chunk) > limit:
+                    response.close()
+                    raise _TooLarge(f"its answer ({response.status}) is larger than {limit} bytes")
+                body.write(chunk)
+        except BaseException:
+            body.close()  # at once: a traceback may keep it alive until a collection
+            raise
         return body
 
     def _dns_failed(self, exc: Exception) -> N8nUnreachable:

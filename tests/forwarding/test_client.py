@@ -10,6 +10,7 @@ request is ever sent twice.
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import ssl
 import zlib
@@ -23,6 +24,7 @@ from aiohttp.http_writer import StreamWriter
 
 from app.errors import ForwardFailed, N8nAnswerTooLarge, N8nTimeout, N8nUnreachable
 from app.forwarding.client import N8nClient, N8nResponse, Outbound
+from app.memory import ByteBudget
 from tests.support.servers import refusing_port
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
@@ -89,6 +91,7 @@ class ClientFactory(Protocol):
         max_connections: int = 4,
         max_answer_bytes: int = 1024 * 1024,
         answer_within: float = 2.0,
+        budget: ByteBudget | None = None,
     ) -> N8nClient: ...
 
 
@@ -124,6 +127,7 @@ async def clients() -> AsyncIterator[ClientFactory]:
         max_connections: int = 4,
         max_answer_bytes: int = 1024 * 1024,
         answer_within: float = 2.0,
+        budget: ByteBudget | None = None,
     ) -> N8nClient:
         client = N8nClient(
             base_url=url,
@@ -131,6 +135,7 @@ async def clients() -> AsyncIterator[ClientFactory]:
             timeout=answer_within,
             max_connections=max_connections,
             max_answer_bytes=max_answer_bytes,
+            budget=budget,
         )
         await client.__aenter__()
         opened.append(client)
@@ -446,6 +451,34 @@ async def test_incomplete_or_unusable_answer_is_no_answer(
     with pytest.raises(N8nUnreachable) as caught:
         await post(await clients(server.url))
     assert (caught.value.cause, caught.value.maybe_ran) == ("n8n-connection-lost", True)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n" + b"x" * 200_000,  # cut short
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 1000\r\n\r\n"
+        + b"not gzip" * 125,  # undecodable
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n" + b"x" * 2_000_000,  # too large
+    ],
+    ids=["cut-short", "undecodable", "too-large"],
+)
+async def test_an_answer_that_fails_gives_its_bytes_back_at_once(
+    serve: RawServerFactory, clients: ClientFactory, answer: bytes
+) -> None:
+    """Not at the next garbage collection: a traceback keeps the failed read alive until then,
+    and n8n restarting cuts many answers short at once."""
+    budget = ByteBudget(limit=64 * 1024 * 1024)
+    server = await serve(Answer(answer, close=True))
+    client = await clients(server.url, budget=budget)
+    gc.disable()
+    try:
+        with pytest.raises(ForwardFailed):
+            await post(client)
+        assert budget.used == 0
+    finally:
+        gc.enable()
+    assert budget.peak > 0 or answer.startswith(b"HTTP/1.1 200 OK\r\nContent-Length: 2000000")
 
 
 async def test_bytes_past_an_answer_s_framing_never_become_another_answer(

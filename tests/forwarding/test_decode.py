@@ -4,6 +4,7 @@ budget has no room, and refused when corrupt, cut short or followed by other byt
 from __future__ import annotations
 
 import gzip
+import tracemalloc
 import zlib
 
 import pytest
@@ -34,20 +35,22 @@ def content(body: Body | None) -> bytes:
         ("deflate", lambda data: zlib.compress(data, wbits=-zlib.MAX_WBITS)),
     ],
 )
-def test_gzip_and_both_deflates_decode_whole(encoding: str, compress: object) -> None:
+async def test_gzip_and_both_deflates_decode_whole(encoding: str, compress: object) -> None:
     assert callable(compress)
-    decoded = decode(held(compress(PLAIN)), encoding=encoding, max_bytes=len(PLAIN))
+    decoded = await decode(held(compress(PLAIN)), encoding=encoding, max_bytes=len(PLAIN))
     assert content(decoded) == PLAIN
 
 
-def test_a_bomb_stops_one_byte_past_the_limit() -> None:
+async def test_a_bomb_stops_one_byte_past_the_limit() -> None:
     bomb = gzip.compress(b"\0" * (64 << 20))
-    assert decode(held(bomb), encoding="gzip", max_bytes=1 << 20) is None
+    assert await decode(held(bomb), encoding="gzip", max_bytes=1 << 20) is None
 
 
-def test_what_does_not_fit_the_budget_is_decoded_to_disk() -> None:
+async def test_what_does_not_fit_the_budget_is_decoded_to_disk() -> None:
     budget = ByteBudget(limit=len(PLAIN) // 2)
-    decoded = decode(held(gzip.compress(PLAIN)), encoding="gzip", max_bytes=1 << 20, budget=budget)
+    decoded = await decode(
+        held(gzip.compress(PLAIN)), encoding="gzip", max_bytes=1 << 20, budget=budget
+    )
     assert decoded is not None
     assert decoded.on_disk
     assert content(decoded) == PLAIN
@@ -61,6 +64,29 @@ def test_what_does_not_fit_the_budget_is_decoded_to_disk() -> None:
         b"not gzip at all",
     ],
 )
-def test_damaged_answers_are_undecodable(damaged: bytes) -> None:
+async def test_damaged_answers_are_undecodable(damaged: bytes) -> None:
     with pytest.raises(UndecodableAnswer):
-        decode(held(damaged), encoding="gzip", max_bytes=1 << 20)
+        await decode(held(damaged), encoding="gzip", max_bytes=1 << 20)
+
+
+async def test_an_answer_that_decodes_to_exactly_its_limit_is_whole() -> None:
+    """Zeros compress so well that all input is read long before all output is out."""
+    zeros = b"\0" * (1 << 20)
+    decoded = await decode(held(gzip.compress(zeros)), encoding="gzip", max_bytes=len(zeros))
+    assert content(decoded) == zeros
+
+
+async def test_decoding_holds_a_slice_at_a_time_beyond_what_the_budget_admits() -> None:
+    """A 64 KiB gzip of 64 MiB once came out in one piece: 128 MiB the budget never saw."""
+    bomb = held(gzip.compress(b"\0" * (64 << 20)))
+    budget = ByteBudget(limit=1 << 20)
+    tracemalloc.start()
+    try:
+        decoded = await decode(bomb, encoding="gzip", max_bytes=64 << 20, budget=budget)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert decoded is not None
+    assert decoded.on_disk
+    assert decoded.size == 64 << 20
+    assert peak < 4 << 20
