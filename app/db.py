@@ -14,7 +14,6 @@ from uuid import UUID
 import asyncpg
 
 from app.config import Settings
-from app.errors import DatabaseUnavailable
 
 APP_ROLE = "n8n_gate_app"
 SET_APP_ROLE = "SET ROLE n8n_gate_app"
@@ -26,6 +25,12 @@ PooledConnection = asyncpg.pool.PoolConnectionProxy
 # What repositories accept: a pooled connection, or a plain one (CLI, migrations checks).
 AnyConnection = Connection | PooledConnection
 Pool = asyncpg.Pool
+
+
+class DatabaseUnreachable(Exception):
+    """The database cannot be reached right now (not a bug in a query); nothing was done.
+    The edge answers it as 503 database-unavailable (app/problems.py)."""
+
 
 # Errors that mean "the database cannot be reached right now", as opposed to a bug in a query.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -69,7 +74,7 @@ async def create_pool(dsn: str, settings: Settings) -> Pool:
 @asynccontextmanager
 async def tenant_transaction(pool: Pool, tenant_id: UUID) -> AsyncIterator[PooledConnection]:
     """A transaction in which Row Level Security shows only `tenant_id`'s rows."""
-    async with _unavailable_as_503(), pool.acquire() as conn, conn.transaction():
+    async with _unreachable(), pool.acquire() as conn, conn.transaction():
         await conn.execute(SET_TENANT, str(tenant_id))
         yield conn
 
@@ -78,17 +83,13 @@ async def tenant_transaction(pool: Pool, tenant_id: UUID) -> AsyncIterator[Poole
 async def connection(pool: Pool) -> AsyncIterator[PooledConnection]:
     """A connection for statements that need no tenant (auth lookup, health) or that set it
     for their own transaction (the trigger-path functions of migration 0002)."""
-    async with _unavailable_as_503(), pool.acquire() as conn:
+    async with _unreachable(), pool.acquire() as conn:
         yield conn
 
 
 @asynccontextmanager
-async def _unavailable_as_503() -> AsyncIterator[None]:
+async def _unreachable() -> AsyncIterator[None]:
     try:
         yield
     except UNAVAILABLE_ERRORS as exc:
-        raise DatabaseUnavailable(
-            "The gateway cannot reach its database right now; nothing was forwarded. "
-            "Retry with the same Idempotency-Key.",
-            headers={"Retry-After": "5"},
-        ) from exc
+        raise DatabaseUnreachable(str(exc) or type(exc).__name__) from exc

@@ -12,7 +12,8 @@ from app.db import Pool
 from app.executions.retention import Reaper
 from app.executions.service import ExecutionService
 from app.memory import ByteBudget
-from app.tenants.service import Authenticator, Tenant
+from app.tenants.service import Authenticator
+from app.tenants.tenant import Tenant
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Problem types (RFC 9457). Services raise these; only the edge turns them into HTTP, with
-`problem_response`: the app's handlers (`install_handlers`) and the trigger endpoints.
+"""Problem types (RFC 9457): what a caller is told, and with which status. Services raise these;
+only the edge (app/problems.py) turns them into HTTP answers. Nothing here knows the web
+framework, so every layer may raise them.
 
 GateError                       every error a client may see
 ├── MissingIdempotencyKey       400
@@ -25,20 +26,12 @@ GateError                       every error a client may see
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Mapping
 from typing import Any, ClassVar
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "urn:n8n-gate:problem:"
-
-logger = logging.getLogger(__name__)
 
 
 class GateError(Exception):
@@ -73,6 +66,15 @@ class GateError(Exception):
             body["instance"] = instance
         body.update(self.extra)
         return body
+
+    def problem_json(self, *, instance: str | None = None) -> bytes:
+        """The problem as its answer's body carries it (and an execution records it)."""
+        return json.dumps(
+            self.to_problem(instance=instance),
+            ensure_ascii=False,
+            allow_nan=False,
+            separators=(",", ":"),
+        ).encode()
 
 
 class MissingIdempotencyKey(GateError):
@@ -236,86 +238,3 @@ class N8nTimeout(ForwardFailed):
     status_code = 504
     slug = "n8n-timeout"
     title = "n8n did not answer in time"
-
-
-class Problem(BaseModel):
-    """An RFC 9457 problem, as every error is answered (application/problem+json)."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    instance: str | None = None
-
-
-def documented(*errors: type[GateError]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for the problems a route may answer with."""
-    by_status: dict[int, list[str]] = {}
-    for error in errors:
-        by_status.setdefault(error.status_code, []).append(f"`{error.slug}`: {error.title}")
-    return {
-        status: {
-            "description": "; ".join(titles),
-            "content": {PROBLEM_CONTENT_TYPE: {"schema": Problem.model_json_schema()}},
-        }
-        for status, titles in sorted(by_status.items())
-    }
-
-
-def problem_response(error: GateError, *, instance: str | None = None) -> JSONResponse:
-    return JSONResponse(
-        error.to_problem(instance=instance),
-        status_code=error.status_code,
-        headers=error.headers,
-        media_type=PROBLEM_CONTENT_TYPE,
-    )
-
-
-def install_handlers(app: FastAPI) -> None:
-    async def on_gate_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, GateError)
-        return problem_response(exc, instance=request.url.path)
-
-    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        return problem_response(_from_http_exception(exc), instance=request.url.path)
-
-    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        error = InvalidRequest(_describe_validation(exc.errors()), extra={"errors": _errors(exc)})
-        return problem_response(error, instance=request.url.path)
-
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        error = InternalError("The gateway hit an unexpected error; it has been logged.")
-        return problem_response(error, instance=request.url.path)
-
-    app.add_exception_handler(GateError, on_gate_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(Exception, on_unexpected)
-
-
-def _from_http_exception(exc: StarletteHTTPException) -> GateError:
-    if exc.status_code == 404:
-        return NotFound("No such endpoint. Triggers go to /webhook/<path>; see the README.")
-    if exc.status_code == 405:
-        return MethodNotAllowed(
-            "This endpoint does not accept that method.", headers=exc.headers or {}
-        )
-    error = InternalError(str(exc.detail), headers=exc.headers or {})
-    error.status_code = exc.status_code  # type: ignore[misc]
-    return error
-
-
-def _errors(exc: RequestValidationError) -> list[dict[str, Any]]:
-    return [
-        {"location": ".".join(str(part) for part in err["loc"]), "message": err["msg"]}
-        for err in exc.errors()
-    ]
-
-
-def _describe_validation(errors: Sequence[Any]) -> str:
-    first = errors[0]
-    where = ".".join(str(part) for part in first["loc"])
-    return f"{where}: {first['msg']}. Fix the request and send it again."

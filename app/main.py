@@ -15,7 +15,6 @@ from app import db
 from app.config import Settings, get_settings
 from app.delivery.workers import DeliveryWorkers
 from app.deps import Services
-from app.errors import install_handlers
 from app.executions.finished import FinishedExecutions
 from app.executions.retention import Reaper
 from app.executions.routes import TriggerEndpoints, document_triggers
@@ -25,6 +24,7 @@ from app.forwarding.client import N8nClient
 from app.health.routes import router as health_router
 from app.memory import ByteBudget
 from app.migrations import schema_state
+from app.problems import install_handlers
 from app.tenants.service import Authenticator
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
                 workers = DeliveryWorkers(
                     executions,
+                    readiness=n8n.readiness,
                     count=settings.delivery_workers,
                     poll_seconds=settings.delivery_poll_seconds,
                     grace_seconds=settings.n8n_timeout_seconds,

@@ -14,12 +14,10 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 
-from app import db
-from app.errors import DatabaseUnavailable
 from app.executions import repo
 from app.executions.service import ExecutionService
+from app.forwarding.readiness import Readiness
 from app.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
@@ -30,11 +28,13 @@ class DeliveryWorkers:
         self,
         service: ExecutionService,
         *,
+        readiness: Readiness,
         count: int,
         poll_seconds: float,
         grace_seconds: float,
     ) -> None:
         self._service = service
+        self._readiness = readiness
         self._count = count
         self._poll_seconds = poll_seconds
         self._grace_seconds = grace_seconds
@@ -69,9 +69,8 @@ class DeliveryWorkers:
         while not self._stopping:
             # Cleared before the take: a wake-up during the take means look again at once.
             self._look_again.clear()
-            readiness = self._service.n8n.readiness
-            if not readiness.is_ready:  # n8n is down or starting: take nothing meanwhile
-                await readiness.wait_until_ready(time.monotonic() + self._poll_seconds)
+            if not self._readiness.is_ready:  # n8n is down or starting: take nothing meanwhile
+                await self._readiness.wait_until_ready(time.monotonic() + self._poll_seconds)
                 continue
             free = self._count - len(self._deliveries)
             taken = await self._take(free) if free > 0 else []
@@ -98,20 +97,8 @@ class DeliveryWorkers:
             logger.exception("delivery of execution %s failed", delivery.row.id)
 
     async def _take(self, limit: int) -> list[repo.Delivery]:
-        settings = self._service.settings
         try:
-            async with db.connection(self._service.pool) as conn:
-                return await repo.take_due(
-                    conn,
-                    lease_seconds=settings.lease_seconds,
-                    owner=uuid.uuid4(),
-                    max_per_target=settings.delivery_max_per_workflow,
-                    limit=limit,
-                    refuse_abandoned=settings.unknown_outcome == "refuse",
-                    failed_keep_seconds=settings.failed_key_retention_seconds,
-                )
-        except DatabaseUnavailable:
-            return []
+            return await self._service.take_due(limit=limit)
         except Exception:
             # A dispatcher that died would stop delivering for good: log, wait, go on.
             logger.exception("could not take due deliveries")

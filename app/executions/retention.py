@@ -11,7 +11,6 @@ import asyncio
 import logging
 
 from app import db
-from app.errors import DatabaseUnavailable
 from app.executions import repo
 from app.tasks import cancel_and_wait
 
@@ -76,5 +75,5 @@ class Reaper:
                     )
                 if deleted := await self.reap_once():
                     logger.info("reaped %d expired executions", deleted)
-            except DatabaseUnavailable:
+            except db.DatabaseUnreachable:
                 logger.warning("reaper: database unavailable; trying again later")

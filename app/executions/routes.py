@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app import db
 from app.config import Settings
 from app.deps import CurrentTenant, Services, ServicesDep, get_services
 from app.errors import (
@@ -32,8 +33,6 @@ from app.errors import (
     PayloadTooLarge,
     RequestTimeout,
     Unauthorized,
-    documented,
-    problem_response,
 )
 from app.executions.repo import Accepted
 from app.executions.schemas import (
@@ -56,11 +55,12 @@ from app.executions.trigger import (
     parse_preferences,
     parse_webhook_path,
 )
-from app.forwarding.headers import Via, is_trusted, to_forward
+from app.forwarding.headers import GATE_KEY_HEADER, Via, is_trusted, to_forward
 from app.memory import Body, Holding
 from app.numbers import ascii_int
+from app.problems import as_problem, documented, problem_response
 from app.sending import HeldResponse
-from app.tenants.service import GATE_KEY_HEADER, Tenant
+from app.tenants.tenant import Tenant
 
 # Every method n8n's Webhook node takes.
 TRIGGER_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
@@ -171,6 +171,8 @@ class TriggerEndpoints:
             response = await _trigger(request, mode=mode)
         except GateError as exc:
             response = problem_response(exc, instance=request.url.path)
+        except db.DatabaseUnreachable as exc:
+            response = problem_response(as_problem(exc), instance=request.url.path)
         await response(scope, receive, send)
 
 
@@ -306,6 +308,8 @@ async def _trigger(request: Request, *, mode: Mode) -> Response:
         outcome = await _run_trigger(services, tenant, trigger, applied=applied)
     except GateError as exc:
         raise _about_key(exc, key=key, applied=applied) from None
+    except db.DatabaseUnreachable as exc:
+        raise _about_key(as_problem(exc), key=key, applied=applied) from exc
     finally:
         holding.release()
     try:

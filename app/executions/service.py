@@ -33,7 +33,6 @@ from app.config import Settings
 from app.delivery.backoff import Backoff, parse_retry_after
 from app.errors import (
     PROBLEM_CONTENT_TYPE,
-    DatabaseUnavailable,
     ExecutionInFlight,
     ExecutionNotFound,
     ForwardFailed,
@@ -42,7 +41,6 @@ from app.errors import (
     InFlightWithId,
     NotRetryable,
     OutcomeUnknown,
-    problem_response,
 )
 from app.executions import repo
 from app.executions.cache import CompletedExecutions
@@ -52,7 +50,7 @@ from app.executions.trigger import TriggerRequest, location_for
 from app.forwarding.answers import OUTCOME_UNKNOWN, AnswerKind
 from app.forwarding.client import N8nClient, N8nResponse, Outbound
 from app.memory import Body
-from app.tenants.service import Tenant
+from app.tenants.tenant import Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +135,7 @@ class ExecutionService:
             max_bytes=BATCH_MAX_BYTES,
             size_of=size_of,
             concurrency=BATCHES_IN_FLIGHT,
-            shared_failure=lambda exc: isinstance(exc, DatabaseUnavailable),
+            shared_failure=lambda exc: isinstance(exc, db.DatabaseUnreachable),
         )
 
     async def _claim_batch(
@@ -423,6 +421,24 @@ class ExecutionService:
             self.finished.on_delivery_due()  # this process's workers pick it up at once
         return accepted
 
+    async def take_due(self, *, limit: int) -> list[repo.Delivery]:
+        """Async executions due for delivery, leased to this process; none while the database
+        is out of reach (the dispatcher looks again on its next poll)."""
+        settings = self.settings
+        try:
+            async with db.connection(self.pool) as conn:
+                return await repo.take_due(
+                    conn,
+                    lease_seconds=settings.lease_seconds,
+                    owner=uuid.uuid4(),
+                    max_per_target=settings.delivery_max_per_workflow,
+                    limit=limit,
+                    refuse_abandoned=settings.unknown_outcome == "refuse",
+                    failed_keep_seconds=settings.failed_key_retention_seconds,
+                )
+        except db.DatabaseUnreachable:
+            return []
+
     async def deliver(self, delivery: repo.Delivery) -> None:
         """Forward an async execution a worker took, and record it: done, or due again later."""
         row = delivery.row
@@ -497,7 +513,7 @@ class ExecutionService:
     ) -> GatewayAnswer:
         """n8n ran it and answered, unusably: that problem is the answer, recorded and replayed."""
         instance = f"/{request.mode}/{request.workflow_path}"
-        body = bytes(problem_response(error, instance=instance).body)
+        body = error.problem_json(instance=instance)
         headers = [("Content-Type", PROBLEM_CONTENT_TYPE)]
         outcome = repo.Outcome(
             status="completed",
@@ -585,7 +601,7 @@ class ExecutionService:
 
         try:
             await record()
-        except DatabaseUnavailable:
+        except db.DatabaseUnreachable:
             execution_id = attempt.execution_id
             logger.warning("database unavailable; will keep recording execution %s", execution_id)
             self._retry_in_background(record, what=f"record execution {execution_id}")
@@ -596,7 +612,7 @@ class ExecutionService:
     ) -> AsyncIterator[None]:
         try:
             yield
-        except DatabaseUnavailable:
+        except db.DatabaseUnreachable:
             self._retry_in_background(
                 lambda: self._release_once(tenant, key, owner), what=f"release claim on {key!r}"
             )
@@ -626,7 +642,7 @@ class ExecutionService:
                 await asyncio.sleep(delay)
                 try:
                     await action()
-                except DatabaseUnavailable:
+                except db.DatabaseUnreachable:
                     delay = min(delay * 2, 5.0)
                 else:
                     return

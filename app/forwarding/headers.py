@@ -6,8 +6,10 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from app.tenants.service import GATE_KEY_HEADER
-
+# Where a caller puts its gateway API key when Authorization belongs to n8n's webhook (its
+# Basic, JWT or Header Auth): then Authorization is forwarded like any other header, and this
+# one never is.
+GATE_KEY_HEADER = "N8n-Gate-Key"
 HOP_BY_HOP = frozenset(
     {
         "connection",

@@ -8,26 +8,17 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from uuid import UUID
 
 import asyncpg
 
 from app import db
 from app.errors import InvalidRequest, Unauthorized
 from app.tenants import repo
+from app.tenants.tenant import Tenant
 
 KEY_PREFIX = "n8ng"
-# Where a caller puts the API key when Authorization belongs to n8n's webhook (its Basic, JWT
-# or Header Auth): then Authorization is forwarded like any other header.
-GATE_KEY_HEADER = "N8n-Gate-Key"
 KEY_PATTERN = re.compile(r"^n8ng_([0-9a-f]{12})_[A-Za-z0-9_-]{32,64}$")
 TENANT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-@dataclass(frozen=True)
-class Tenant:
-    id: UUID
-    name: str
 
 
 @dataclass(frozen=True)
