@@ -17,57 +17,273 @@ class Settings(BaseSettings):
     )
 
     # The two settings every deployment names get their conventional, unprefixed names.
-    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    database_url: str | None = Field(
+        default=None,
+        validation_alias="DATABASE_URL",
+        examples=["postgresql://gate:secret@127.0.0.1:5432/n8n_gate"],
+        description=(
+            "PostgreSQL for executions and API keys "
+            "(`postgresql://user:pass@host:5432/db`). Unset: `n8n-gate serve` runs "
+            "a private embedded PostgreSQL in GATE_DATA_DIR."
+        ),
+    )
     n8n_base_url: AnyHttpUrl = Field(
-        default=AnyHttpUrl("http://localhost:5678"), validation_alias="N8N_BASE_URL"
+        default=AnyHttpUrl("http://localhost:5678"),
+        validation_alias="N8N_BASE_URL",
+        description=(
+            "Where n8n listens; triggers go to {N8N_BASE_URL}/webhook/<path> and "
+            "/webhook-test/<path>. No user or password: each caller's Authorization"
+            " is forwarded."
+        ),
     )
 
-    data_dir: Path = Path(".n8n-gate")
-    db_pool_min_size: int = Field(default=2, ge=0, le=1000)
-    db_pool_max_size: int = Field(default=20, ge=1, le=1000)
-    db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
-    db_command_timeout_seconds: float = Field(default=10.0, gt=0)
-    db_batch_max_calls: int = Field(default=64, ge=1, le=10_000)
+    data_dir: Path = Field(
+        default=Path(".n8n-gate"),
+        description=("Data directory of the embedded PostgreSQL (used only without DATABASE_URL)."),
+    )
+    db_pool_min_size: int = Field(
+        default=2, ge=0, le=1000, description="Database connections a process keeps open."
+    )
+    db_pool_max_size: int = Field(
+        default=20, ge=1, le=1000, description="Most database connections per process."
+    )
+    db_connect_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "Longest a new database connection may take; a request then gets 503 "
+            "rather than hang on a database that stopped answering."
+        ),
+    )
+    db_command_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Longest any one statement may take."
+    )
+    db_batch_max_calls: int = Field(
+        default=64,
+        ge=1,
+        le=10_000,
+        description=(
+            "Group commit: most concurrent claims, accepts or outcome records that "
+            "share one statement and one commit (1 turns it off)."
+        ),
+    )
 
-    n8n_connect_timeout_seconds: float = Field(default=5.0, gt=0)
-    n8n_timeout_seconds: float = Field(default=300.0, gt=0)
-    n8n_max_connections: int = Field(default=100, ge=1)
-    n8n_max_answer_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
-    n8n_startup_wait_seconds: float = Field(default=15.0, ge=0)
+    n8n_connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Longest connecting to n8n may take."
+    )
+    n8n_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "Longest n8n may take to answer whole "
+            '(a "When Last Node Finishes" workflow runs inside it).'
+        ),
+    )
+    n8n_max_connections: int = Field(
+        default=100, ge=1, description="Most connections to n8n per process."
+    )
+    n8n_max_answer_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description=(
+            "Largest answer taken from n8n, as received and once decoded; larger is"
+            " 502 n8n-answer-too-large, recorded as the key's answer (the workflow "
+            "ran)."
+        ),
+    )
+    n8n_startup_wait_seconds: float = Field(
+        default=15.0,
+        ge=0,
+        description=(
+            "How long a forward waits for a starting (or refusing) n8n to become "
+            "ready before giving up (503 n8n-starting); 0: at once."
+        ),
+    )
 
-    access_log: bool = True
-    max_head_bytes: int = Field(default=16 * 1024, ge=1024)
-    head_timeout_seconds: float = Field(default=15.0, gt=0)
-    body_timeout_seconds: float = Field(default=60.0, gt=0)
-    max_connections: int = Field(default=2048, ge=1)
-    api_docs: bool = False
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = Field(default=True, description="One log line per request.")
+    max_head_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        description=(
+            "Largest request line and headers (n8n's own limit too); larger is a 431 at once."
+        ),
+    )
+    head_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description=(
+            "A connection whose request head has not arrived whole this long after "
+            "it began is closed."
+        ),
+    )
+    body_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "A trigger's body must arrive whole this long after its head; later is a 408."
+        ),
+    )
+    max_connections: int = Field(
+        default=2048,
+        ge=1,
+        description=("Connections and requests in progress per process; past it new ones get 503."),
+    )
+    api_docs: bool = Field(
+        default=False,
+        description=(
+            "Serve /docs and /redoc (their pages load scripts from a CDN); "
+            "/openapi.json is always there."
+        ),
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO",
+        description=(
+            "The gateway's own log lines: failed attempts (WARNING), dead letters "
+            "and unknown outcomes (ERROR)."
+        ),
+    )
     # Peers whose X-Forwarded-Proto / -Host are believed: "10.0.0.0/8,127.0.0.1". Empty: none.
-    trusted_proxies: str = ""
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
-    max_bytes_in_flight: int = Field(default=256 * 1024 * 1024, ge=1)
-    send_timeout_seconds: float = Field(default=30.0, gt=0)
-    send_min_bytes_per_second: int = Field(default=256 * 1024, ge=1)
-    lease_seconds: float = Field(default=30.0, gt=0)
-    lease_renew_seconds: float = Field(default=10.0, gt=0)
-    unknown_outcome: Literal["retry", "refuse"] = "retry"
-    max_stored_body_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
-    max_wait_seconds: int = Field(default=60, ge=0)
-    retry_after_seconds: int = Field(default=1, ge=1)
-    auth_cache_seconds: float = Field(default=5.0, ge=0)
-    delivery_workers: int = Field(default=4, ge=0, le=1000)
-    delivery_max_per_workflow: int = Field(default=4, ge=0)
-    delivery_poll_seconds: float = Field(default=1.0, gt=0)
-    retry_base_seconds: float = Field(default=1.0, gt=0)
-    retry_cap_seconds: float = Field(default=300.0, gt=0)
-    retry_max_attempts: int = Field(default=10, ge=1)
-    key_retention_seconds: float = Field(default=24 * 3600, gt=0)
-    failed_key_retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)
-    reaper_interval_seconds: float = Field(default=60.0, ge=0)
-    reaper_batch_size: int = Field(default=500, ge=1, le=100_000)
-    replay_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
-    replay_cache_seconds: float = Field(default=300.0, ge=0)
-    list_max_limit: int = Field(default=200, ge=1, le=10_000)
+    trusted_proxies: str = Field(
+        default="",
+        description=(
+            "Peers (IPs or networks, comma-separated) whose X-Forwarded-Proto and "
+            "-Host reach n8n; empty: none."
+        ),
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1,
+        description=("Largest request body accepted; larger gets 413 (n8n's default limit too)."),
+    )
+    max_bytes_in_flight: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1,
+        description=(
+            "Bodies and answers a process holds in memory for requests in flight; "
+            "past it a new body or replay gets 503 gateway-busy and a fresh answer "
+            "from n8n waits on disk."
+        ),
+    )
+    send_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "A caller has this long, plus its answer's size at "
+            "GATE_SEND_MIN_BYTES_PER_SECOND, to read its answer; then its "
+            "connection is dropped."
+        ),
+    )
+    send_min_bytes_per_second: int = Field(
+        default=256 * 1024,
+        ge=1,
+        description=("The slowest reading a caller is allowed, for the send deadline."),
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "A running attempt's lease: a process that dies leaves its attempt to "
+            "be taken over this long after its last renewal."
+        ),
+    )
+    lease_renew_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "How often a running attempt's lease is renewed (shorter than GATE_LEASE_SECONDS)."
+        ),
+    )
+    unknown_outcome: Literal["retry", "refuse"] = Field(
+        default="retry",
+        description=(
+            "When n8n may have run it but no answer came: `retry` runs it again "
+            "(at-least-once), `refuse` answers 409 execution-outcome-unknown "
+            "(at-most-once)."
+        ),
+    )
+    max_stored_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=0,
+        description=(
+            "n8n's answers are stored, and replayed, up to this size (truncated "
+            "beyond, with a header saying so)."
+        ),
+    )
+    max_wait_seconds: int = Field(default=60, ge=0, description="Longest Prefer: wait honoured.")
+    retry_after_seconds: int = Field(
+        default=1, ge=1, description="Retry-After on a 409 execution-in-flight."
+    )
+    auth_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "How long a process trusts a verified API key (a revoked key works at most this long)."
+        ),
+    )
+    delivery_workers: int = Field(
+        default=4,
+        ge=0,
+        le=1000,
+        description=("Async deliveries in flight per process (0: this process delivers none)."),
+    )
+    delivery_max_per_workflow: int = Field(
+        default=4,
+        ge=0,
+        description=(
+            "Async deliveries in flight to one n8n webhook, across all processes (0: no limit)."
+        ),
+    )
+    delivery_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "How often an idle process looks for due deliveries accepted elsewhere "
+            "or retries come due."
+        ),
+    )
+    retry_base_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description=("First backoff of an async delivery that failed (full jitter, doubling)."),
+    )
+    retry_cap_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest backoff between two attempts of an async delivery.",
+    )
+    retry_max_attempts: int = Field(
+        default=10,
+        ge=1,
+        description=("Attempts of an async delivery before it ends as a dead letter."),
+    )
+    key_retention_seconds: float = Field(
+        default=24 * 3600, gt=0, description="How long a finished key is kept and replayed."
+    )
+    failed_key_retention_seconds: float = Field(
+        default=7 * 24 * 3600, gt=0, description="How long a failed key (a dead letter) is kept."
+    )
+    reaper_interval_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description=("How often each process deletes expired executions (0: never)."),
+    )
+    reaper_batch_size: int = Field(
+        default=500, ge=1, le=100_000, description="Expired executions deleted per transaction."
+    )
+    replay_cache_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description=(
+            "In-memory copies of completed executions for replays, per process, "
+            "counting bodies, headers and keys."
+        ),
+    )
+    replay_cache_seconds: float = Field(
+        default=300.0, ge=0, description="Longest a completed execution stays in the replay cache."
+    )
+    list_max_limit: int = Field(
+        default=200, ge=1, le=10_000, description="Largest page of the list endpoint."
+    )
 
     @field_validator("database_url", mode="before")
     @classmethod

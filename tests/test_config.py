@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from app.config import ConfigError, Settings, load_settings
 
-ENV_EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
+ROOT = Path(__file__).resolve().parent.parent
+ENV_EXAMPLE = ROOT / ".env.example"
 
 
 def env_name(field: str) -> str:
@@ -24,6 +27,17 @@ def test_env_example_names_every_setting() -> None:
 
 def test_env_example_values_are_the_defaults() -> None:
     assert load_settings(_env_file=ENV_EXAMPLE) == load_settings(_env_file=None)
+
+
+def test_the_settings_documents_are_written_from_the_settings() -> None:
+    """docs/configuration.md's table and .env.example come from app/config.py alone."""
+    checked = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "settings_docs.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
 
 
 @pytest.mark.parametrize(
