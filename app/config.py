@@ -91,6 +91,14 @@ class Settings(BaseSettings):
             "ran)."
         ),
     )
+    n8n_reuse_connections: bool = Field(
+        default=False,
+        description=(
+            "Send forwards over kept-alive connections. Off by default: n8n's graceful "
+            "shutdown waits for its executions while reused connections keep bringing "
+            "new ones, until it exits as crashed."
+        ),
+    )
     n8n_startup_wait_seconds: float = Field(
         default=15.0,
         ge=0,

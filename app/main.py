@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     max_answer_bytes=settings.n8n_max_answer_bytes,
                     startup_wait_seconds=settings.n8n_startup_wait_seconds,
                     budget=budget,
+                    reuse_connections=settings.n8n_reuse_connections,
                 ) as n8n,
                 FinishedExecutions(
                     str(settings.database_url), connect_timeout=settings.db_connect_timeout_seconds

@@ -148,6 +148,7 @@ class N8nClient:
         max_answer_bytes: int,
         startup_wait_seconds: float = 0.0,
         budget: ByteBudget | None = None,
+        reuse_connections: bool = False,
         readiness_poll_seconds: float = 0.5,
     ) -> None:
         self._base_url = base_url.rstrip("/")
@@ -158,6 +159,7 @@ class N8nClient:
         self._max_connections = max_connections
         self._max_answer_bytes = max_answer_bytes
         self._budget = budget
+        self._reuse_connections = reuse_connections
         self._startup_wait_seconds = startup_wait_seconds
         self._session: aiohttp.ClientSession | None = None
         self._proxy: str | None = None
@@ -168,7 +170,7 @@ class N8nClient:
         )
 
     async def __aenter__(self) -> N8nClient:
-        self._session = _session(self._max_connections)
+        self._session = _session(self._max_connections, reuse_connections=self._reuse_connections)
         self._proxy = proxy_for(self._base_url)
         await self.readiness.__aenter__()
         return self
@@ -213,13 +215,16 @@ class N8nClient:
         deadline = time.monotonic() + self._startup_wait_seconds
         while True:
             try:
-                response = await self._send_unwritten_again(outbound)
+                async with self.readiness.turn(deadline):
+                    response = await self._send_unwritten_again(outbound)
             except N8nUnreachable as exc:
                 if exc.maybe_ran or not await self._waited_for_start(deadline, outage=True):
                     raise
                 continue
             if not await self._is_starting(response):
-                self.readiness.saw_answer()
+                self.readiness.saw_answer(
+                    from_workflow=response.kind is not AnswerKind.NOT_REGISTERED
+                )
                 return response
             outage = response.kind is AnswerKind.STARTING
             if not await self._waited_for_start(deadline, outage=outage):
@@ -247,13 +252,16 @@ class N8nClient:
             ) from exc
 
     async def _is_starting(self, response: N8nResponse) -> bool:
-        """n8n's start-up pages; and "not registered" while n8n is not ready, or was ready
-        only just now: it registers the active workflows' webhooks after it says so."""
+        """n8n's start-up pages; and "not registered" while n8n is not ready, or has not served a
+        workflow since it came back: it registers the active workflows' webhooks after it says
+        it is ready (within 5 s when idle; a restart after a crash, under load, took minutes)."""
         if response.kind is AnswerKind.STARTING:
             return True
         if response.kind is not AnswerKind.NOT_REGISTERED:
             return False
-        return self.readiness.settling(SETTLE_SECONDS) or not await self._probe_ready()
+        if self.readiness.settling(SETTLE_SECONDS) or not self.readiness.serving:
+            return True
+        return not await self._probe_ready()
 
     async def _waited_for_start(self, deadline: float, *, outage: bool) -> bool:
         """After n8n was not there: wait until it says it is ready; False once out of time."""
@@ -424,13 +432,20 @@ def proxy_for(base_url: str) -> str | None:
     return urllib.request.getproxies().get(url.scheme)
 
 
-def _session(max_connections: int) -> aiohttp.ClientSession:
-    """One session for the process; TLS verified against the system's CAs or SSL_CERT_FILE."""
+def _session(max_connections: int, *, reuse_connections: bool) -> aiohttp.ClientSession:
+    """One session for the process; TLS verified against the system's CAs or SSL_CERT_FILE.
+
+    A connection is used for one forward and closed, unless reuse is asked for: n8n's graceful
+    shutdown waits for its executions while reused connections keep bringing new ones, until it
+    gives up and exits as crashed (docs/adr/0002-one-connection-per-forward.md)."""
+    reuse: dict[str, Any] = (
+        {"keepalive_timeout": KEEPALIVE_SECONDS} if reuse_connections else {"force_close": True}
+    )
     connector = aiohttp.TCPConnector(
         limit=max_connections,
         limit_per_host=0,
-        keepalive_timeout=KEEPALIVE_SECONDS,
         ssl=ssl.create_default_context(),
+        **reuse,
     )
     session = aiohttp.ClientSession(
         connector=connector,

@@ -92,6 +92,7 @@ class ClientFactory(Protocol):
         max_answer_bytes: int = 1024 * 1024,
         answer_within: float = 2.0,
         budget: ByteBudget | None = None,
+        reuse_connections: bool = True,
     ) -> N8nClient: ...
 
 
@@ -128,6 +129,7 @@ async def clients() -> AsyncIterator[ClientFactory]:
         max_answer_bytes: int = 1024 * 1024,
         answer_within: float = 2.0,
         budget: ByteBudget | None = None,
+        reuse_connections: bool = True,
     ) -> N8nClient:
         client = N8nClient(
             base_url=url,
@@ -136,6 +138,7 @@ async def clients() -> AsyncIterator[ClientFactory]:
             max_connections=max_connections,
             max_answer_bytes=max_answer_bytes,
             budget=budget,
+            reuse_connections=reuse_connections,
         )
         await client.__aenter__()
         opened.append(client)
@@ -479,6 +482,19 @@ async def test_an_answer_that_fails_gives_its_bytes_back_at_once(
     finally:
         gc.enable()
     assert budget.peak > 0 or answer.startswith(b"HTTP/1.1 200 OK\r\nContent-Length: 2000000")
+
+
+async def test_each_forward_has_a_connection_of_its_own_unless_reuse_is_asked_for(
+    serve: RawServerFactory, clients: ClientFactory
+) -> None:
+    """n8n's graceful shutdown waits for its executions; a kept-alive connection keeps
+    bringing new ones until n8n gives up and exits as crashed."""
+    server = await serve(Answer(OK), Answer(OK), Answer(OK))
+    client = await clients(server.url, reuse_connections=False)
+    for _ in range(3):
+        assert content_of(await post(client)) == b'{"ok":true}'
+    assert server.connections == 3
+    assert all(b"connection: close" in request.lower() for request in server.requests)
 
 
 async def test_bytes_past_an_answer_s_framing_never_become_another_answer(
