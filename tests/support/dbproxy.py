@@ -1,4 +1,5 @@
-"""A TCP proxy in front of Postgres that a test can cut and restore, to play a database outage."""
+"""A TCP proxy in front of Postgres (or n8n) that a test can cut, drain and restore, to play an
+outage, or a load balancer taking a server out of rotation before it is stopped."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class DatabaseProxy:
         self.down = False
         self.stalled = False
         self.port = 0
+        self._server: asyncio.Server | None = None
 
     @property
     def url(self) -> str:
@@ -50,6 +52,15 @@ class DatabaseProxy:
         that dropped an idle connection does; new connections work."""
         for link in self._links:
             link.silent = True
+
+    def drain(self) -> None:
+        """Stop listening (new connections are refused) and let the open ones finish, as a
+        load balancer takes a server out of rotation."""
+        assert self._server is not None
+        self._server.close()
+
+    async def listen_again(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
 
     def restore(self) -> None:
         self.down = self.stalled = False
@@ -81,13 +92,13 @@ class DatabaseProxy:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[DatabaseProxy]:
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        async with server:
-            try:
-                yield self
-            finally:
-                self.cut()
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        try:
+            yield self
+        finally:
+            self._server.close()
+            self.cut()
 
 
 async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, link: _Link) -> None:
