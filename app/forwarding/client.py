@@ -215,16 +215,13 @@ class N8nClient:
         deadline = time.monotonic() + self._startup_wait_seconds
         while True:
             try:
-                async with self.readiness.turn(deadline):
-                    response = await self._send_unwritten_again(outbound)
+                response = await self._send_unwritten_again(outbound)
             except N8nUnreachable as exc:
                 if exc.maybe_ran or not await self._waited_for_start(deadline, outage=True):
                     raise
                 continue
             if not await self._is_starting(response):
-                self.readiness.saw_answer(
-                    from_workflow=response.kind is not AnswerKind.NOT_REGISTERED
-                )
+                self.readiness.saw_answer()
                 return response
             outage = response.kind is AnswerKind.STARTING
             if not await self._waited_for_start(deadline, outage=outage):
@@ -252,16 +249,13 @@ class N8nClient:
             ) from exc
 
     async def _is_starting(self, response: N8nResponse) -> bool:
-        """n8n's start-up pages; and "not registered" while n8n is not ready, or has not served a
-        workflow since it came back: it registers the active workflows' webhooks after it says
-        it is ready (within 5 s when idle; a restart after a crash, under load, took minutes)."""
+        """n8n's start-up pages; and "not registered" while n8n is not ready, or was ready
+        only just now: it registers the active workflows' webhooks after it says so."""
         if response.kind is AnswerKind.STARTING:
             return True
         if response.kind is not AnswerKind.NOT_REGISTERED:
             return False
-        if self.readiness.settling(SETTLE_SECONDS) or not self.readiness.serving:
-            return True
-        return not await self._probe_ready()
+        return self.readiness.settling(SETTLE_SECONDS) or not await self._probe_ready()
 
     async def _waited_for_start(self, deadline: float, *, outage: bool) -> bool:
         """After n8n was not there: wait until it says it is ready; False once out of time."""

@@ -7,10 +7,6 @@ n8n reports ready a few seconds before its webhook routes are mounted, so a forw
 finds it starting marks it not ready again, and sends again no sooner than a poll later. After
 `give_up_seconds` without a ready answer (a proxy that hides the endpoint, say) n8n counts as
 ready again, and forwards find out for themselves.
-
-Once n8n is back, forwards go one at a time until a workflow answers one: a restarted n8n 2.40.7
-that every waiting forward reached at once, while its webhooks were still "not registered",
-registered none of them for minutes.
 """
 
 from __future__ import annotations
@@ -18,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from app.tasks import cancel_and_wait
 
@@ -35,9 +31,6 @@ class Readiness:
         self._prober: asyncio.Task[None] | None = None
         self._became_ready_at: float | None = None
         self._outage = False
-        self._serving = asyncio.Event()  # n8n answered a forward as itself since it came back
-        self._serving.set()
-        self._one_at_a_time = asyncio.Lock()
 
     async def __aenter__(self) -> Readiness:
         return self
@@ -49,28 +42,18 @@ class Readiness:
     def is_ready(self) -> bool:
         return self._ready.is_set()
 
-    @property
-    def serving(self) -> bool:
-        """A workflow answered a forward since n8n last came back (or it never went away)."""
-        return self._serving.is_set()
-
     def settling(self, seconds: float) -> bool:
         """True within `seconds` of n8n becoming ready again after it was not."""
         ready_at = self._became_ready_at
         return ready_at is not None and time.monotonic() - ready_at < seconds
 
-    def saw_answer(self, *, from_workflow: bool) -> None:
-        """n8n answered a forward as itself: a workflow's answer (it serves its webhooks
-        again), or its own 404 (which a restarted n8n answers until it has registered them)."""
+    def saw_answer(self) -> None:
+        """n8n answered a forward as itself (a workflow's answer or n8n's own 404)."""
         self._ready.set()
-        if from_workflow:
-            self._serving.set()
 
     def saw_not_ready(self, *, outage: bool) -> None:
         """n8n was absent or starting (`outage`), or may not have registered its webhooks."""
         self._outage = self._outage or outage
-        if outage:
-            self._serving.clear()
         self._ready.clear()
         if self._prober is None or self._prober.done():
             self._prober = asyncio.create_task(self._probe_until_ready())
@@ -84,31 +67,6 @@ class Readiness:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), remaining)
         return self._ready.is_set()
-
-    @contextlib.asynccontextmanager
-    async def turn(self, deadline: float) -> AsyncIterator[None]:
-        """A forward's turn to send: at once while n8n serves its webhooks; after it was away,
-        one at a time until a workflow answers one, or until the `deadline`."""
-        if self._serving.is_set():
-            yield
-            return
-        serving = asyncio.ensure_future(self._serving.wait())
-        turn = asyncio.ensure_future(self._one_at_a_time.acquire())
-        try:
-            await asyncio.wait(
-                {serving, turn},
-                timeout=max(deadline - time.monotonic(), 0),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            serving.cancel()
-            turn.cancel()
-        holds_turn = turn.done() and not turn.cancelled()
-        try:
-            yield
-        finally:
-            if holds_turn:
-                self._one_at_a_time.release()
 
     async def pause_then_wait(self, deadline: float) -> bool:
         """After n8n was not ready for a forward: at least a poll, then `wait_until_ready`
