@@ -111,8 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _freeze_startup_objects() -> None:
     """Moves everything alive after startup (modules, the app, pools) out of the garbage
-    collector's reach. A full collection walked all of it and stalled every request of the
-    process meanwhile: 83 ms during a bench run on the 2-core machine, 4 ms once frozen.
+    collector's reach: a full collection walked all of it and stalled every request of the
+    process meanwhile (docs/benchmarks.md has the figures).
     """
     gc.collect()
     gc.freeze()

@@ -153,9 +153,9 @@ class TriggerEndpoints:
     routing; everything else goes on to it.
 
     A trigger is the gateway's hot path, and FastAPI's route machinery (dependency solving,
-    exit stacks, response wrapping) cost about 100 µs of CPU on each one, a sixth of the
-    gateway's share of an async accept (docs/benchmarks.md). Errors become problem+json here,
-    as the app's handlers would render them.
+    exit stacks, response wrapping) was a visible share of its CPU
+    (docs/adr/0004-triggers-outside-routing.md). Errors become problem+json here, as the app's
+    handlers would render them.
     """
 
     def __init__(self, app: ASGIApp) -> None:
