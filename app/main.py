@@ -17,9 +17,9 @@ from app.delivery.workers import DeliveryWorkers
 from app.deps import Services
 from app.executions.finished import FinishedExecutions
 from app.executions.retention import Reaper
-from app.executions.routes import TriggerEndpoints, document_triggers
 from app.executions.routes import router as executions_router
 from app.executions.service import ExecutionService
+from app.executions.trigger_endpoints import TriggerEndpoints, documentation_router
 from app.forwarding.client import N8nClient
 from app.health.routes import router as health_router
 from app.memory import ByteBudget
@@ -102,10 +102,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url="/redoc" if settings.api_docs else None,
     )
     install_handlers(app)
-    app.add_middleware(TriggerEndpoints)
-    document_triggers(app)
+    app.add_middleware(TriggerEndpoints)  # serves the trigger paths before any route
     app.include_router(health_router)
     app.include_router(executions_router)
+    # Last, so that every other route is matched first: they only document the trigger paths.
+    app.include_router(documentation_router)
     return app
 
 

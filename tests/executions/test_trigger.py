@@ -7,9 +7,14 @@ import uuid
 
 import httpx
 import pytest
+from fastapi.routing import iter_route_contexts
 
+from app.config import Settings
 from app.errors import InvalidWebhookPath
 from app.executions.trigger import parse_webhook_path
+from app.executions.trigger_endpoints import TRIGGER_METHODS
+from app.executions.trigger_endpoints import trigger as declared_trigger
+from app.main import create_app
 from tests.conftest import ClientFactory
 from tests.support.executions_api import new_key
 from tests.support.fake_n8n import BINARY_BODY, FakeN8n
@@ -324,4 +329,46 @@ async def test_the_openapi_schema_documents_the_trigger_paths(client: httpx.Asyn
         assert sorted(operations) == ["delete", "get", "head", "patch", "post", "put"]
         headers = {p["name"] for p in operations["post"]["parameters"] if p["in"] == "header"}
         assert headers == {"Idempotency-Key", "Prefer", "N8n-Gate-Key"}
+        for operation in operations.values():
+            path, key = (p for p in operation["parameters"] if p["in"] != "header" or p["required"])
+            assert (path["name"], path["in"], path["required"]) == ("path", "path", True)
+            assert key["name"] == "Idempotency-Key"
+            schema = key["schema"]
+            assert (schema["minLength"], schema["maxLength"]) == (1, 257)
+            assert schema["pattern"] == "^[\\x20-\\x7e]+$"
+            assert operation["requestBody"] == {"content": {"*/*": {}}}
+            assert sorted(operation["responses"]) == [
+                *("200", "202", "400", "401", "405", "408", "409", "413", "422"),
+                *("502", "503", "504"),
+            ]
+            assert "content" not in operation["responses"]["200"]  # whatever n8n answers
+            assert "application/problem+json" in operation["responses"]["409"]["content"]
+            assert operation["tags"] == ["triggers"]
+    operation_ids = [op["operationId"] for ops in paths.values() for op in ops.values()]
+    assert len(operation_ids) == len(set(operation_ids))
     assert "/v1/executions/{key}" in paths
+
+
+@pytest.mark.parametrize("mode", ["webhook", "webhook-test"])
+async def test_the_middleware_answers_the_trigger_paths_before_their_declared_routes(
+    client: httpx.AsyncClient, mode: str
+) -> None:
+    # Headers FastAPI would accept: a declared route reached would raise here, not answer 401.
+    headers = {"Idempotency-Key": new_key(), "Authorization": "Bearer not-a-key"}
+    for method in TRIGGER_METHODS:
+        response = await client.request(method, f"/{mode}/echo", headers=headers)
+        assert response.status_code == 401, (method, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_the_declared_trigger_routes_come_after_every_other_route(settings: Settings) -> None:
+    # In the order the router tries them: every other route matches before these are looked at.
+    endpoints = [route.endpoint for route in iter_route_contexts(create_app(settings).routes)]
+    declared = 2 * len(TRIGGER_METHODS)
+    assert endpoints[-declared:] == [declared_trigger] * declared
+    assert declared_trigger not in endpoints[:-declared]
+
+
+async def test_a_declared_trigger_route_reached_says_the_middleware_is_missing() -> None:
+    with pytest.raises(RuntimeError, match="TriggerEndpoints serves /webhook/"):
+        await declared_trigger("echo", new_key())

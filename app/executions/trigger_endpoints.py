@@ -1,0 +1,383 @@
+"""The trigger endpoints, /webhook/<path> and /webhook-test/<path>: an ASGI middleware that
+serves them ahead of FastAPI's routing.
+
+A trigger is the gateway's hot path, and FastAPI's route machinery (dependency solving, exit
+stacks, response wrapping) was a visible share of the CPU a trigger costs, so
+`TriggerEndpoints` takes these two paths before FastAPI routes anything: it reads the headers
+and the body itself, renders errors with the same `problem_response` as the app's handlers, and
+hands every other request on to FastAPI (docs/adr/0004-triggers-outside-routing.md). The routes
+this module declares only describe the trigger paths in /openapi.json; the middleware answers
+first, so they are never reached. What a trigger request is (its key, path, preferences) is
+parsed in app/executions/trigger.py, which knows no web framework; this is its HTTP edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any, NoReturn, get_args
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app import db
+from app.config import Settings
+from app.deps import Services, get_services
+from app.errors import (
+    DatabaseUnavailable,
+    ExecutionInFlight,
+    GateError,
+    GatewayBusy,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
+    InvalidRequest,
+    InvalidWebhookPath,
+    MethodNotAllowed,
+    MissingIdempotencyKey,
+    N8nAnswerTooLarge,
+    N8nStarting,
+    N8nTimeout,
+    N8nUnreachable,
+    OutcomeUnknown,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unauthorized,
+)
+from app.executions.repo import Accepted
+from app.executions.service import GatewayAnswer
+from app.executions.trigger import (
+    MAX_KEY_LENGTH,
+    Mode,
+    TriggerRequest,
+    location_for,
+    parse_idempotency_key,
+    parse_prefer_wait,
+    parse_preferences,
+    parse_webhook_path,
+)
+from app.forwarding.headers import GATE_KEY_HEADER, Via, is_trusted, to_forward
+from app.memory import Body, Holding
+from app.numbers import ascii_int
+from app.problems import as_problem, documented, problem_response
+from app.sending import HeldResponse
+from app.tenants.tenant import Tenant
+
+# Every method n8n's Webhook node takes.
+TRIGGER_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+# The gateway's own header on every trigger answer: where the execution can be looked up.
+# n8n's own Location (a Respond to Webhook redirect) passes untouched.
+EXECUTION_HEADER = "N8n-Gate-Execution"
+
+
+class TriggerEndpoints:
+    """Serves the trigger paths, /webhook/<path> and /webhook-test/<path>, ahead of FastAPI's
+    routing (why: this module's docstring); everything else goes on to it. Errors become
+    problem+json here, as the app's handlers would render them.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        mode = _trigger_mode(scope["path"]) if scope["type"] == "http" else None
+        if mode is None:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            response = await _trigger(request, mode=mode)
+        except GateError as exc:
+            response = problem_response(exc, instance=request.url.path)
+        except db.DatabaseUnreachable as exc:
+            response = problem_response(as_problem(exc), instance=request.url.path)
+        await response(scope, receive, send)
+
+
+def _trigger_mode(path: str) -> Mode | None:
+    if path.startswith("/webhook/"):
+        return "webhook"
+    if path.startswith("/webhook-test/"):
+        return "webhook-test"
+    return None
+
+
+async def _trigger(request: Request, *, mode: Mode) -> Response:
+    if request.method not in TRIGGER_METHODS:
+        raise MethodNotAllowed(
+            "Triggers take GET, HEAD, POST, PUT, PATCH or DELETE, as n8n's webhooks do.",
+            headers={"Allow": ", ".join(TRIGGER_METHODS)},
+        )
+    services = await get_services(request)
+    tenant = await services.authenticator.authenticate(
+        authorization=request.headers.get("authorization"),
+        gate_key=request.headers.get(GATE_KEY_HEADER),
+    )
+    workflow_path, forwarded_path = parse_webhook_path(_path_after(request, mode=mode))
+    key = parse_idempotency_key(request.headers.getlist("idempotency-key"))
+    preferences = parse_preferences(request.headers.getlist("prefer"))
+    applied = _applied_preferences(preferences, max_wait=services.settings.max_wait_seconds)
+    holding = services.budget.holding()  # the body's bytes, until the gateway is done with it
+    try:
+        trigger = TriggerRequest(
+            key=key,
+            method=request.method,
+            mode=mode,
+            workflow_path=workflow_path,
+            raw_path=forwarded_path,
+            # As received: the server admits only ASCII in the target, and building request.url
+            # (a urlsplit of the whole URL) was a visible share of an accept's CPU.
+            query=request.scope["query_string"].decode("latin-1"),
+            headers=to_forward(request.headers.items(), via=_via(request, services.settings)),
+            body=await _read_body(
+                request,
+                holding=holding,
+                limit=services.settings.max_body_bytes,
+                within=services.settings.body_timeout_seconds,
+            ),
+        )
+        outcome = await _run_trigger(services, tenant, trigger, applied=applied)
+    except GateError as exc:
+        raise _about_key(exc, key=key, applied=applied) from None
+    except db.DatabaseUnreachable as exc:
+        raise _about_key(as_problem(exc), key=key, applied=applied) from exc
+    finally:
+        holding.release()
+    try:
+        if isinstance(outcome, Accepted):
+            response = _accepted(outcome, key=key)
+        else:
+            head = request.method == "HEAD"
+            response = _response(outcome, key=key, head=head, services=services)
+    except GateError as exc:  # a replay the budget has no room for
+        raise _about_key(exc, key=key, applied=applied) from None
+    if applied:
+        response.headers["Preference-Applied"] = _preference_applied(applied)
+    return response
+
+
+def _about_key(error: GateError, *, key: str, applied: dict[str, str]) -> GateError:
+    """A trigger's error once its key is known says where the key's execution is."""
+    error.headers.setdefault("Location", location_for(key))
+    error.headers[EXECUTION_HEADER] = location_for(key)
+    if applied:
+        error.headers["Preference-Applied"] = _preference_applied(applied)
+    return error
+
+
+async def _run_trigger(
+    services: Services, tenant: Tenant, trigger: TriggerRequest, *, applied: dict[str, str]
+) -> Accepted | GatewayAnswer:
+    if "respond-async" in applied:
+        return await services.executions.accept(tenant=tenant, request=trigger)
+    wait = int(applied.get("wait", "0"))
+    return await services.executions.trigger(tenant=tenant, request=trigger, wait_seconds=wait)
+
+
+def _via(request: Request, settings: Settings) -> Via:
+    peer = request.client.host if request.client else None
+    return Via(
+        peer=peer,
+        scheme=request.scope.get("scheme", "http"),
+        host=request.headers.get("host"),
+        peer_is_trusted_proxy=is_trusted(peer, settings.trusted_proxy_networks),
+    )
+
+
+def _path_after(request: Request, *, mode: Mode) -> str:
+    """The raw path after /<mode>/: an encoded '/' in the prefix itself does not count."""
+    raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    prefix = f"/{mode}/".encode()
+    if not raw_path.startswith(prefix):
+        raise InvalidWebhookPath(f"Trigger paths start with /{mode}/ spelled out, not encoded.")
+    return raw_path[len(prefix) :].decode("latin-1")
+
+
+def _applied_preferences(preferences: dict[str, str], *, max_wait: int) -> dict[str, str]:
+    """The preferences this gateway honours, as it applies them (wait is capped)."""
+    if "respond-async" in preferences:
+        return {"respond-async": ""}
+    wait = parse_prefer_wait([f"wait={preferences['wait']}"]) if "wait" in preferences else None
+    return {} if wait is None else {"wait": str(min(wait, max_wait))}
+
+
+def _preference_applied(applied: dict[str, str]) -> str:
+    return ", ".join(f"{token}={value}" if value else token for token, value in applied.items())
+
+
+def _accepted(accepted: Accepted, *, key: str) -> Response:
+    location = location_for(key)
+    response = JSONResponse(
+        {"key": key, "status": accepted.status, "location": location}, status_code=202
+    )
+    response.headers["Location"] = location
+    response.headers[EXECUTION_HEADER] = location
+    if not accepted.claimed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+async def _read_body(request: Request, *, holding: Holding, limit: int, within: float) -> bytes:
+    declared = ascii_int(request.headers.get("content-length", ""), max_digits=19)
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    busy: GatewayBusy | None = None
+    try:
+        async with asyncio.timeout(within):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                if busy is None:  # as they arrive: a declared length holds nothing yet
+                    busy = _admit(holding, size)
+                # Refused, the rest is read and dropped: closing on a caller still sending would
+                # reset the connection and lose the answer that says why.
+                if busy is None:
+                    chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The body did not arrive whole within {within:g} s (GATE_BODY_TIMEOUT_SECONDS); "
+            "nothing was forwarded."
+        ) from None
+    if busy is not None:
+        raise busy
+    if declared is not None and size != declared:
+        # uvicorn hands the app no body for a request that asks to upgrade (curl --http2 on
+        # http:// sends Upgrade: h2c): forwarding that would record an empty trigger.
+        raise InvalidRequest(
+            f"The body arrived with {size} of the {declared} bytes its Content-Length "
+            "declares (a request asking to upgrade, such as HTTP/2 over plain http, loses it "
+            "here); nothing was forwarded. Send it without Upgrade."
+        )
+    return b"".join(chunks)
+
+
+def _admit(holding: Holding, size: int) -> GatewayBusy | None:
+    """Takes the body's bytes so far, or says why not."""
+    try:
+        holding.take(size - holding.size)
+    except GatewayBusy as busy:
+        return busy
+    return None
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The body is larger than {limit} bytes (GATE_MAX_BODY_BYTES); nothing was forwarded."
+    )
+
+
+def _response(answer: GatewayAnswer, *, key: str, head: bool, services: Services) -> Response:
+    body = answer.body
+    if head:
+        if isinstance(body, Body):
+            body.close()
+        body = Body()
+    elif not isinstance(body, Body):  # refused, a replay is only asked again; a problem is small
+        body = Body.of(body, budget=services.budget, refusable=answer.replayed)
+    settings = services.settings
+    response = HeldResponse(
+        body,
+        status_code=answer.status,
+        timeout_seconds=settings.send_timeout_seconds,
+        min_bytes_per_second=settings.send_min_bytes_per_second,
+    )
+    for name, value in answer.headers:
+        response.headers.append(name, value)
+    response.headers[EXECUTION_HEADER] = location_for(key)
+    if answer.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+# What /openapi.json says about the trigger paths comes from these routes, declared like any
+# other but never reached: TriggerEndpoints answers the paths first. The app includes them last,
+# so every other route is matched before them.
+
+_TRIGGER_ERRORS = (
+    MissingIdempotencyKey,
+    InvalidIdempotencyKey,
+    InvalidWebhookPath,
+    InvalidRequest,
+    Unauthorized,
+    MethodNotAllowed,
+    ExecutionInFlight,
+    GatewayBusy,
+    OutcomeUnknown,
+    PayloadTooLarge,
+    RequestTimeout,
+    IdempotencyKeyReused,
+    N8nUnreachable,
+    N8nAnswerTooLarge,
+    DatabaseUnavailable,
+    N8nStarting,
+    N8nTimeout,
+)
+
+_TRIGGER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "n8n's answer, or its replay (any status n8n gave)."},
+    202: {"description": "Stored; the gateway delivers it (Prefer: respond-async)."},
+    **documented(*_TRIGGER_ERRORS),
+}
+
+
+async def trigger(
+    path: str,
+    idempotency_key: Annotated[
+        str,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=MAX_KEY_LENGTH + 2,  # or that many quoted ("...")
+            pattern=r"^[\x20-\x7e]+$",
+            description=(
+                f"1-{MAX_KEY_LENGTH} printable ASCII characters, bare or as an RFC 8941 string "
+                '("abc" and abc are the same key).'
+            ),
+        ),
+    ],
+    prefer: Annotated[
+        str | None,
+        Header(
+            alias="Prefer", description="respond-async (202, delivered by the gateway) or wait=<s>."
+        ),
+    ] = None,
+    gate_key: Annotated[
+        str | None,
+        Header(
+            alias=GATE_KEY_HEADER,
+            description="The API key, when Authorization is for n8n's webhook (then forwarded).",
+        ),
+    ] = None,
+) -> NoReturn:
+    """Declares the trigger paths for OpenAPI only."""
+    raise RuntimeError(
+        "A declared trigger route was reached: TriggerEndpoints serves /webhook/ and "
+        "/webhook-test/ ahead of FastAPI's routing and must be installed on the app."
+    )
+
+
+def _documentation_router() -> APIRouter:
+    router = APIRouter(tags=["triggers"])
+    for mode in get_args(Mode):
+        # One route a method: a route's methods share its operationId, which OpenAPI forbids.
+        for method in TRIGGER_METHODS:
+            router.add_api_route(
+                f"/{mode}/{{path:path}}",
+                trigger,
+                methods=[method],
+                summary=f"Run n8n's {mode} <path> once per Idempotency-Key",
+                description=(
+                    f"Forwarded to n8n's /{mode}/<path> with its method, query, headers and "
+                    "body; a retry with the same key gets the recorded answer "
+                    "(Idempotent-Replayed: true)."
+                ),
+                response_model=None,
+                response_class=Response,  # no media type: n8n's answer is whatever n8n gives
+                responses=_TRIGGER_RESPONSES,
+                openapi_extra={"requestBody": {"content": {"*/*": {}}}},
+            )
+    return router
+
+
+documentation_router = _documentation_router()
