@@ -1,11 +1,11 @@
 """Group commit: concurrent calls of one statement share a round trip and a commit.
 
 Every trigger costs at least one durable commit, and a commit costs far more than the row it
-writes: at 16 calls per statement the machine spends about a quarter of the CPU per call
-(`bench/group_commit.py`). A `Batcher` queues calls while a batch is in flight and sends the
-queue as the next batch, so it adds no delay at low load (a lone call is a batch of one) and
-batches grow with the load. A caller still gets its answer only after its batch committed, so
-a 202 or a recorded outcome is exactly as durable as with one transaction per call.
+writes, so sharing it is the cheapest way to serve many triggers at once (its ADR:
+docs/adr/0003-group-commit.md). A `Batcher` queues calls while a batch is in flight and sends
+the queue as the next batch, so it adds no delay at low load (a lone call is a batch of one) and
+batches grow with the load. A caller still gets its answer only after its batch committed, so a
+202 or a recorded outcome is exactly as durable as with one transaction per call.
 """
 
 from __future__ import annotations

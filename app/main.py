@@ -3,9 +3,10 @@ LISTEN connection and the reaper."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
@@ -15,9 +16,13 @@ from app import db
 from app.config import Settings, get_settings
 from app.delivery.workers import DeliveryWorkers
 from app.deps import Services
-from app.executions.finished import FinishedExecutions
+from app.executions.background import BackgroundWork
+from app.executions.batches import ExecutionWrites
+from app.executions.notifications import DatabaseNotifications
+from app.executions.replay_cache import ReplayCache
 from app.executions.retention import Reaper
 from app.executions.routes import router as executions_router
+from app.executions.runner import Runner
 from app.executions.service import ExecutionService
 from app.executions.trigger_endpoints import TriggerEndpoints, documentation_router
 from app.forwarding.client import N8nClient
@@ -49,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         pool = await db.create_pool(str(settings.database_url), settings)
         budget = ByteBudget(limit=settings.max_bytes_in_flight)
+        delivery_due = asyncio.Event()  # set when this process's workers should look for work
         try:
             await _require_current_schema(pool)
             async with (
@@ -62,9 +68,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     budget=budget,
                     reuse_connections=settings.n8n_reuse_connections,
                 ) as n8n,
-                FinishedExecutions(
-                    str(settings.database_url), connect_timeout=settings.db_connect_timeout_seconds
-                ) as finished,
+                DatabaseNotifications(
+                    str(settings.database_url),
+                    connect_timeout=settings.db_connect_timeout_seconds,
+                    on_delivery_due=delivery_due.set,
+                ) as notifications,
                 Reaper(
                     pool,
                     interval_seconds=settings.reaper_interval_seconds,
@@ -72,17 +80,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     failed_keep_seconds=settings.failed_key_retention_seconds,
                 ) as reaper,
             ):
-                executions = ExecutionService(
-                    pool=pool, n8n=n8n, finished=finished, settings=settings
+                executions = _execution_service(
+                    pool, n8n, notifications, settings, on_delivery_due=delivery_due.set
                 )
                 workers = DeliveryWorkers(
                     executions,
+                    due=delivery_due,
                     readiness=n8n.readiness,
                     count=settings.delivery_workers,
                     poll_seconds=settings.delivery_poll_seconds,
                     grace_seconds=settings.n8n_timeout_seconds,
                 )
-                finished.on_delivery_due = workers.wake
                 authenticator = Authenticator(pool, cache_seconds=settings.auth_cache_seconds)
                 services = Services(settings, pool, authenticator, executions, reaper, budget)
                 async with workers:
@@ -108,6 +116,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Last, so that every other route is matched first: they only document the trigger paths.
     app.include_router(documentation_router)
     return app
+
+
+def _execution_service(
+    pool: db.Pool,
+    n8n: N8nClient,
+    notifications: DatabaseNotifications,
+    settings: Settings,
+    *,
+    on_delivery_due: Callable[[], None],
+) -> ExecutionService:
+    writes = ExecutionWrites(pool, settings)
+    background = BackgroundWork()
+    runner = Runner(pool=pool, n8n=n8n, writes=writes, background=background, settings=settings)
+    return ExecutionService(
+        pool=pool,
+        writes=writes,
+        runner=runner,
+        background=background,
+        replay_cache=ReplayCache(
+            max_bytes=settings.replay_cache_bytes, ttl_seconds=settings.replay_cache_seconds
+        ),
+        notifications=notifications,
+        on_delivery_due=on_delivery_due,
+        settings=settings,
+    )
 
 
 def _freeze_startup_objects() -> None:

@@ -164,3 +164,30 @@ async def test_a_real_restart_of_postgres_is_survived(
         assert (await post(gateway, "echo", before)).headers["idempotent-replayed"] == "true"
         assert (await gateway.get("/readyz")).status_code == 200
     assert len(n8n.calls_for(after)) == 1
+
+
+async def test_a_lease_whose_renewal_met_an_outage_is_renewed_once_the_database_is_back(
+    make_client: ClientFactory,
+    proxy: DatabaseProxy,
+    n8n: FakeN8n,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key = f"renewed-{uuid.uuid4()}"
+    settings = {"auth_cache_seconds": 0, "lease_seconds": 1.0, "lease_renew_seconds": 0.2}
+    async with make_client(DATABASE_URL=proxy.url, **settings) as gateway:
+        first = asyncio.create_task(post(gateway, "slow", key))
+        deadline = time.monotonic() + 5
+        while not n8n.calls_for(key):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+        proxy.cut()
+        while "could not renew the lease" not in caplog.text:
+            assert time.monotonic() < deadline + 5, "no renewal met the outage"
+            await asyncio.sleep(0.01)
+        proxy.restore()
+        await asyncio.sleep(1.5)  # longer than the lease: only renewals after the outage keep it
+        during = await post(gateway, "slow", key)
+        assert_problem(during, 409, "execution-in-flight")
+        n8n.release_slow()
+        assert (await first).status_code == 200
+    assert len(n8n.calls_for(key)) == 1

@@ -28,6 +28,7 @@ class DeliveryWorkers:
         self,
         service: ExecutionService,
         *,
+        due: asyncio.Event,
         readiness: Readiness,
         count: int,
         poll_seconds: float,
@@ -38,14 +39,11 @@ class DeliveryWorkers:
         self._count = count
         self._poll_seconds = poll_seconds
         self._grace_seconds = grace_seconds
-        self._look_again = asyncio.Event()
+        # Set when something may be due now: accepted here, a NOTIFY arrived, a slot freed.
+        self._look_again = due
         self._stopping = False
         self._dispatcher: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
-
-    def wake(self) -> None:
-        """Something may be due now (accepted here, or a NOTIFY arrived)."""
-        self._look_again.set()
 
     async def __aenter__(self) -> DeliveryWorkers:
         if self._count > 0:

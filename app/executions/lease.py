@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from app.tasks import cancel_and_wait
+
+logger = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
@@ -40,5 +43,12 @@ class LeaseKeeper:
         self._renewal = asyncio.create_task(self._renew_and_schedule())
 
     async def _renew_and_schedule(self) -> None:
-        if await self._renew():
+        try:
+            held = await self._renew()
+        except Exception:
+            # A renewal that failed for any reason is tried again: stopping would let the lease
+            # run out under a forward still in flight, and another request would run it twice.
+            logger.exception("could not renew a lease; will retry")
+            held = True
+        if held:
             self._schedule()

@@ -24,7 +24,7 @@ _COLUMNS = """
     created_at, updated_at, started_at, finished_at, expires_at, deliver_async, next_attempt_at
 """
 
-# The trigger path calls functions (migration 0002) that set the tenant for their own
+# The trigger path calls functions (app/sql/02_functions.sql) that set the tenant for their own
 # transaction. Claims, accepts and outcomes come in batches (app/batching.py): one statement
 # calls the function once per element of its array arguments, in order, in one transaction.
 # A claim or accept returns (claimed, lease_expired, execution row), NULLs when the key's row
@@ -207,7 +207,7 @@ def _function_row(record: asyncpg.Record | None) -> ExecutionRow | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
+class AttemptLease:
     """An attempt this process took (claim, retake, delivery) and now runs. Its statements
     name the attempt's number, so once another process took the execution over they match
     nothing."""
@@ -216,13 +216,13 @@ class Attempt:
     number: int
 
 
-def _attempt(record: asyncpg.Record | None) -> Attempt | None:
+def _attempt(record: asyncpg.Record | None) -> AttemptLease | None:
     if record is None or record["id"] is None:
         return None
-    return Attempt(execution_id=record["id"], number=record["attempts"])
+    return AttemptLease(execution_id=record["id"], number=record["attempts"])
 
 
-def _claim(record: asyncpg.Record | None) -> Attempt | ExecutionRow | None:
+def _claim(record: asyncpg.Record | None) -> AttemptLease | ExecutionRow | None:
     """The attempt a claim took, or the row of the execution that holds the key."""
     if record is not None and record["claimed"]:
         return _attempt(record)
@@ -297,7 +297,7 @@ class OutcomeCall:
 
 async def claim_many(
     conn: AnyConnection, calls: list[ClaimCall], *, lease_seconds: float
-) -> list[Attempt | ExecutionRow | None]:
+) -> list[AttemptLease | ExecutionRow | None]:
     """Claim each key, or return the row that holds it; one transaction for all."""
     ordered = _lock_order(calls, key=lambda c: (c.tenant_id, c.key))
     columns = _columns([calls[i] for i in ordered], *_KEY_FIELDS, "owner")
@@ -435,7 +435,7 @@ async def find_by_key(conn: AnyConnection, *, tenant_id: UUID, key: str) -> Exec
 
 async def retake(
     conn: AnyConnection, *, tenant_id: UUID, key: str, lease_seconds: float, owner: UUID
-) -> Attempt | None:
+) -> AttemptLease | None:
     return _attempt(await conn.fetchrow(RETAKE, tenant_id, key, lease_seconds, owner))
 
 

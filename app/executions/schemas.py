@@ -36,7 +36,7 @@ class ExecutionError(BaseModel):
     detail: str | None
 
 
-class Attempt(BaseModel):
+class ExecutionAttempt(BaseModel):
     attempt: int
     started_at: datetime
     ended_at: datetime | None
@@ -79,7 +79,7 @@ class Execution(ExecutionSummary):
     )
     response: RecordedResponse | None
     last_error: ExecutionError | None
-    attempt_history: list[Attempt]
+    attempt_history: list[ExecutionAttempt]
 
 
 class RetryFilter(BaseModel):
@@ -120,8 +120,8 @@ def execution_of(row: ExecutionRow, attempts: list[AttemptRow]) -> Execution:
     )
 
 
-def _attempt(row: AttemptRow) -> Attempt:
-    return Attempt(
+def _attempt(row: AttemptRow) -> ExecutionAttempt:
+    return ExecutionAttempt(
         attempt=row.attempt,
         started_at=row.started_at,
         ended_at=row.ended_at,

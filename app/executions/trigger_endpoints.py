@@ -43,8 +43,8 @@ from app.errors import (
     RequestTimeout,
     Unauthorized,
 )
+from app.executions.gateway_answer import GatewayAnswer
 from app.executions.repo import Accepted
-from app.executions.service import GatewayAnswer
 from app.executions.trigger import (
     MAX_KEY_LENGTH,
     Mode,

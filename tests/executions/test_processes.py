@@ -223,7 +223,7 @@ async def test_a_failed_attempt_is_logged_by_a_serving_process(
         gateway.stop()
     assert answer.status_code == 500
     line = next(line for line in gateway.output().splitlines() if key in line)
-    assert " WARNING app.executions.service: attempt failed: " in line
+    assert " WARNING app.executions.runner: attempt failed: " in line
     assert "workflow=webhook/fail" in line
     assert "error=n8n-error" in line
 

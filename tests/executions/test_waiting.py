@@ -17,7 +17,7 @@ from tests.support.problems import assert_problem
 
 async def until_waiting(gateway: GatewayClient, count: int = 1, *, within: float = 5.0) -> None:
     deadline = time.monotonic() + within
-    while gateway.services.executions.finished.waiting < count:
+    while gateway.services.executions.notifications.waiting < count:
         assert time.monotonic() < deadline, "no request started waiting"
         await asyncio.sleep(0.005)
 

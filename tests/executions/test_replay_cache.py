@@ -9,7 +9,7 @@ import tracemalloc
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from app.executions.cache import CompletedExecutions
+from app.executions.replay_cache import ReplayCache
 from app.executions.repo import ExecutionRow
 
 
@@ -51,7 +51,7 @@ def completed_row(
 
 
 def test_a_cached_row_comes_back_equal_for_its_tenant_only() -> None:
-    cache = CompletedExecutions(max_bytes=1 << 20, ttl_seconds=60)
+    cache = ReplayCache(max_bytes=1 << 20, ttl_seconds=60)
     tenant, other = uuid.uuid4(), uuid.uuid4()
     row = completed_row("k1")
     cache.put(tenant, row)
@@ -60,14 +60,14 @@ def test_a_cached_row_comes_back_equal_for_its_tenant_only() -> None:
 
 
 def test_a_row_past_its_retention_is_not_returned() -> None:
-    cache = CompletedExecutions(max_bytes=1 << 20, ttl_seconds=60)
+    cache = ReplayCache(max_bytes=1 << 20, ttl_seconds=60)
     tenant = uuid.uuid4()
     cache.put(tenant, completed_row("old", expires_in=timedelta(seconds=-1)))
     assert cache.get(tenant, "old") is None
 
 
 def test_entries_are_not_tracked_by_the_garbage_collector() -> None:
-    cache = CompletedExecutions(max_bytes=1 << 20, ttl_seconds=60)
+    cache = ReplayCache(max_bytes=1 << 20, ttl_seconds=60)
     tenant = uuid.uuid4()
     for i in range(100):
         cache.put(tenant, completed_row(f"k{i}"))
@@ -94,7 +94,7 @@ class Clock:
 
 def test_entries_past_their_time_are_dropped_whether_looked_up_or_not() -> None:
     clock = Clock()
-    cache = CompletedExecutions(max_bytes=1 << 30, ttl_seconds=60, clock=clock)
+    cache = ReplayCache(max_bytes=1 << 30, ttl_seconds=60, clock=clock)
     tenant = uuid.uuid4()
     for i in range(50):
         cache.put(tenant, completed_row(f"old{i}", body=b"x" * 100_000))
@@ -119,7 +119,7 @@ def test_the_cache_counts_at_least_what_its_entries_hold() -> None:
     tracemalloc.start()
     try:
         before, _ = tracemalloc.get_traced_memory()
-        cache = CompletedExecutions(max_bytes=1 << 30, ttl_seconds=60)
+        cache = ReplayCache(max_bytes=1 << 30, ttl_seconds=60)
         for i in range(200):
             # Each row's own copy of its headers, as each row read from the database has.
             cache.put(tenant, completed_row(f"key-{i}", headers=headers[:-1] + "]"))
@@ -133,7 +133,7 @@ def test_the_cache_counts_at_least_what_its_entries_hold() -> None:
 
 def test_the_cache_stays_within_its_bytes_counting_headers() -> None:
     headers = json.dumps([[f"x-big-{i}", "v" * 8000] for i in range(32)])
-    cache = CompletedExecutions(max_bytes=8 << 20, ttl_seconds=60)
+    cache = ReplayCache(max_bytes=8 << 20, ttl_seconds=60)
     tenant = uuid.uuid4()
     for i in range(1200):
         cache.put(tenant, completed_row(f"key-{i}", headers=headers))

@@ -1,4 +1,4 @@
-"""Completed executions kept in memory, so replays need no database round trip.
+"""The replay cache: completed executions kept in memory, so replays need no database trip.
 
 A completed execution never changes, so a copy cannot go stale while the key lives. An entry
 is dropped when the key's retention ends (the database's clock set `expires_at`) and after
@@ -25,14 +25,14 @@ from uuid import UUID
 
 from app.executions.repo import ExecutionRow
 
-# The row's other values, the tuples and the two dicts' slots: about 900 bytes, measured with
-# tracemalloc (tests/executions/test_cache.py holds the count to what it measures).
+# The row's other values, the tuples and the two dicts' slots, rounded up from what
+# tracemalloc shows (tests/executions/test_replay_cache.py holds the count to what it measures).
 ENTRY_OVERHEAD_BYTES = 1024
 _row_values = attrgetter(*(field.name for field in fields(ExecutionRow)))
 CacheKey = tuple[int, str]
 
 
-class CompletedExecutions:
+class ReplayCache:
     def __init__(
         self,
         *,

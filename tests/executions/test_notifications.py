@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from app.executions.finished import CHANNEL, FinishedExecutions
+from app.executions.notifications import CHANNEL, DatabaseNotifications
 from tests.support.dbproxy import DatabaseProxy
 
 TENANT = uuid.uuid4()
@@ -32,7 +32,7 @@ async def notify(database_url: str, execution_id: int) -> None:
 
 
 async def woken_by_notify(
-    finished: FinishedExecutions, database_url: str, execution_id: int
+    finished: DatabaseNotifications, database_url: str, execution_id: int
 ) -> None:
     """Notify until the listener hears it: it connects in the background."""
     async with finished.subscription(TENANT, execution_id) as woken:
@@ -46,7 +46,9 @@ async def test_a_listen_connection_gone_silent_is_found_and_its_waiters_woken(
 ) -> None:
     # A NAT or firewall that drops an idle connection tells neither side: notifications just
     # stop coming, and a waiter would sleep through the end of the execution it waits for.
-    listener = FinishedExecutions(proxy.url, connect_timeout=0.5, heartbeat_seconds=0.2)
+    listener = DatabaseNotifications(
+        proxy.url, connect_timeout=0.5, on_delivery_due=lambda: None, heartbeat_seconds=0.2
+    )
     async with listener as finished:
         await asyncio.wait_for(woken_by_notify(finished, database_url, 1), 5)
         async with finished.subscription(TENANT, 2) as woken:
@@ -76,7 +78,9 @@ async def test_a_connection_gone_silent_while_it_starts_listening_is_found_too(
             listening_again.set()
 
     monkeypatch.setattr(asyncpg.Connection, "add_listener", counted)
-    listener = FinishedExecutions(proxy.url, connect_timeout=0.5, heartbeat_seconds=0.2)
+    listener = DatabaseNotifications(
+        proxy.url, connect_timeout=0.5, on_delivery_due=lambda: None, heartbeat_seconds=0.2
+    )
     async with listener as finished:
         async with finished.subscription(TENANT, 4) as woken:
             await asyncio.wait_for(woken, 5)  # woken when the LISTEN timed out

@@ -1,12 +1,14 @@
-"""Wakes requests that wait for an execution to finish (RFC 7240 `Prefer: wait`).
+"""The process's one LISTEN connection: it wakes requests that wait for an execution to finish
+(RFC 7240 `Prefer: wait`), and this process's delivery workers when another accepted work.
 
-One LISTEN connection per process hears `n8n_gate_execution_finished`, which the database sends
-when any process records an outcome. If that connection drops, every waiter is woken (it then
-re-reads the execution) and the listener reconnects, so a lost notification costs a re-read,
-never a missed wake-up. A connection can also die without a word: a NAT or firewall that drops
-an idle flow (AWS's NAT gateway after 350 s, Azure's load balancer after 4 min) tells neither
-side until one of them sends, and notifications just stop. So an idle listener sends a query every
-`HEARTBEAT_SECONDS`, which keeps such a flow alive and finds a dead one.
+It hears `n8n_gate_execution_finished`, which the database sends when any process records an
+outcome for an execution someone waits on, and `n8n_gate_delivery_due`. If that connection
+drops, every waiter is woken (it then re-reads the execution) and the listener reconnects, so a
+lost notification costs a re-read, never a missed wake-up. A connection can also die without a
+word: a NAT or firewall that drops an idle flow (AWS's NAT gateway after 350 s, Azure's load
+balancer after 4 min) tells neither side until one of them sends, and notifications just stop.
+So an idle listener sends a query every `HEARTBEAT_SECONDS`, which keeps such a flow alive and
+finds a dead one.
 """
 
 from __future__ import annotations
@@ -26,25 +28,29 @@ from app.tasks import cancel_and_wait
 logger = logging.getLogger(__name__)
 
 CHANNEL = "n8n_gate_execution_finished"
-# Accepted async executions; the delivery workers of this process subscribe through
-# `on_delivery_due`, so one LISTEN connection serves both.
+# Accepted async executions, sent by a process that has no delivery workers of its own.
 DELIVERY_CHANNEL = "n8n_gate_delivery_due"
 RECONNECT_SECONDS = 1.0
 HEARTBEAT_SECONDS = 30.0
 
 
-class FinishedExecutions:
+class DatabaseNotifications:
     def __init__(
-        self, dsn: str, *, connect_timeout: float, heartbeat_seconds: float = HEARTBEAT_SECONDS
+        self,
+        dsn: str,
+        *,
+        connect_timeout: float,
+        on_delivery_due: Callable[[], None],
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
     ) -> None:
         self._dsn = dsn
         self._connect_timeout = connect_timeout
         self._heartbeat_seconds = heartbeat_seconds
         self._waiters: defaultdict[tuple[UUID, int], set[asyncio.Future[None]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
-        self.on_delivery_due: Callable[[], None] | None = None
+        self._on_delivery_due = on_delivery_due
 
-    async def __aenter__(self) -> FinishedExecutions:
+    async def __aenter__(self) -> DatabaseNotifications:
         self._task = asyncio.create_task(self._listen_forever())
         return self
 
@@ -94,7 +100,7 @@ class FinishedExecutions:
         conn.add_termination_listener(lambda _: closed.set())
         try:
             await conn.add_listener(CHANNEL, self._on_notification)
-            await conn.add_listener(DELIVERY_CHANNEL, self._on_delivery_due)
+            await conn.add_listener(DELIVERY_CHANNEL, self._on_delivery_notification)
             self._wake_all()  # anything that finished while we were not listening
             while not closed.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -119,15 +125,14 @@ class FinishedExecutions:
         with contextlib.suppress(ValueError):
             self._wake((UUID(tenant), int(execution_id)))
 
-    def _on_delivery_due(
+    def _on_delivery_notification(
         self,
         conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
         pid: int,
         channel: str,
         payload: object,
     ) -> None:
-        if self.on_delivery_due is not None:
-            self.on_delivery_due()
+        self._on_delivery_due()
 
     def _wake(self, waited_on: tuple[UUID, int]) -> None:
         for future in self._waiters.pop(waited_on, set()):
@@ -137,5 +142,4 @@ class FinishedExecutions:
     def _wake_all(self) -> None:
         for waited_on in list(self._waiters):
             self._wake(waited_on)
-        if self.on_delivery_due is not None:
-            self.on_delivery_due()
+        self._on_delivery_due()  # anything accepted elsewhere while we were not listening
