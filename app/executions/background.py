@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from app import db
+from app.errors import GateError
 
 logger = logging.getLogger(__name__)
 
@@ -55,5 +56,10 @@ class BackgroundWork:
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # seen here, even when the client went away before it finished
+        if task.cancelled():
+            return
+        error = task.exception()  # seen here, even when the client went away before it finished
+        # A refusal or a failed forward is logged where it happens; anything else is a bug, or
+        # a database error no one will see otherwise.
+        if error is not None and not isinstance(error, GateError):
+            logger.error("background work failed", exc_info=error)

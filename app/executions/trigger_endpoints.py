@@ -13,15 +13,12 @@ parsed in app/executions/trigger.py, which knows no web framework; this is its H
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any, NoReturn, get_args
 
 from fastapi import APIRouter, Header, Request, Response
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import db
-from app.config import Settings
 from app.deps import Services, get_services
 from app.errors import (
     DatabaseUnavailable,
@@ -38,6 +35,7 @@ from app.errors import (
     N8nStarting,
     N8nTimeout,
     N8nUnreachable,
+    NotFound,
     OutcomeUnknown,
     PayloadTooLarge,
     RequestTimeout,
@@ -49,24 +47,23 @@ from app.executions.trigger import (
     MAX_KEY_LENGTH,
     Mode,
     TriggerRequest,
-    location_for,
     parse_idempotency_key,
     parse_prefer_wait,
     parse_preferences,
     parse_webhook_path,
 )
-from app.forwarding.headers import GATE_KEY_HEADER, Via, is_trusted, to_forward
-from app.memory import Body, Holding
-from app.numbers import ascii_int
+from app.executions.trigger_http import (
+    TRIGGER_METHODS,
+    about_key,
+    accepted_response,
+    answer_response,
+    preference_applied,
+    read_body,
+    via_of,
+)
+from app.forwarding.headers import GATE_KEY_HEADER, to_forward
 from app.problems import as_problem, documented, problem_response
-from app.sending import HeldResponse
 from app.tenants.tenant import Tenant
-
-# Every method n8n's Webhook node takes.
-TRIGGER_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-# The gateway's own header on every trigger answer: where the execution can be looked up.
-# n8n's own Location (a Respond to Webhook redirect) passes untouched.
-EXECUTION_HEADER = "N8n-Gate-Execution"
 
 
 class TriggerEndpoints:
@@ -127,8 +124,8 @@ async def _trigger(request: Request, *, mode: Mode) -> Response:
             # As received: the server admits only ASCII in the target, and building request.url
             # (a urlsplit of the whole URL) was a visible share of an accept's CPU.
             query=request.scope["query_string"].decode("latin-1"),
-            headers=to_forward(request.headers.items(), via=_via(request, services.settings)),
-            body=await _read_body(
+            headers=to_forward(request.headers.items(), via=via_of(request, services.settings)),
+            body=await read_body(
                 request,
                 holding=holding,
                 limit=services.settings.max_body_bytes,
@@ -137,31 +134,22 @@ async def _trigger(request: Request, *, mode: Mode) -> Response:
         )
         outcome = await _run_trigger(services, tenant, trigger, applied=applied)
     except GateError as exc:
-        raise _about_key(exc, key=key, applied=applied) from None
+        raise about_key(exc, key=key, applied=applied) from None
     except db.DatabaseUnreachable as exc:
-        raise _about_key(as_problem(exc), key=key, applied=applied) from exc
+        raise about_key(as_problem(exc), key=key, applied=applied) from exc
     finally:
         holding.release()
     try:
         if isinstance(outcome, Accepted):
-            response = _accepted(outcome, key=key)
+            response = accepted_response(outcome, key=key)
         else:
             head = request.method == "HEAD"
-            response = _response(outcome, key=key, head=head, services=services)
+            response = answer_response(outcome, key=key, head=head, services=services)
     except GateError as exc:  # a replay the budget has no room for
-        raise _about_key(exc, key=key, applied=applied) from None
+        raise about_key(exc, key=key, applied=applied) from None
     if applied:
-        response.headers["Preference-Applied"] = _preference_applied(applied)
+        response.headers["Preference-Applied"] = preference_applied(applied)
     return response
-
-
-def _about_key(error: GateError, *, key: str, applied: dict[str, str]) -> GateError:
-    """A trigger's error once its key is known says where the key's execution is."""
-    error.headers.setdefault("Location", location_for(key))
-    error.headers[EXECUTION_HEADER] = location_for(key)
-    if applied:
-        error.headers["Preference-Applied"] = _preference_applied(applied)
-    return error
 
 
 async def _run_trigger(
@@ -171,16 +159,6 @@ async def _run_trigger(
         return await services.executions.accept(tenant=tenant, request=trigger)
     wait = int(applied.get("wait", "0"))
     return await services.executions.trigger(tenant=tenant, request=trigger, wait_seconds=wait)
-
-
-def _via(request: Request, settings: Settings) -> Via:
-    peer = request.client.host if request.client else None
-    return Via(
-        peer=peer,
-        scheme=request.scope.get("scheme", "http"),
-        host=request.headers.get("host"),
-        peer_is_trusted_proxy=is_trusted(peer, settings.trusted_proxy_networks),
-    )
 
 
 def _path_after(request: Request, *, mode: Mode) -> str:
@@ -198,96 +176,6 @@ def _applied_preferences(preferences: dict[str, str], *, max_wait: int) -> dict[
         return {"respond-async": ""}
     wait = parse_prefer_wait([f"wait={preferences['wait']}"]) if "wait" in preferences else None
     return {} if wait is None else {"wait": str(min(wait, max_wait))}
-
-
-def _preference_applied(applied: dict[str, str]) -> str:
-    return ", ".join(f"{token}={value}" if value else token for token, value in applied.items())
-
-
-def _accepted(accepted: Accepted, *, key: str) -> Response:
-    location = location_for(key)
-    response = JSONResponse(
-        {"key": key, "status": accepted.status, "location": location}, status_code=202
-    )
-    response.headers["Location"] = location
-    response.headers[EXECUTION_HEADER] = location
-    if not accepted.claimed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
-
-
-async def _read_body(request: Request, *, holding: Holding, limit: int, within: float) -> bytes:
-    declared = ascii_int(request.headers.get("content-length", ""), max_digits=19)
-    if declared is not None and declared > limit:
-        raise _too_large(limit)
-    chunks, size = [], 0
-    busy: GatewayBusy | None = None
-    try:
-        async with asyncio.timeout(within):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                if busy is None:  # as they arrive: a declared length holds nothing yet
-                    busy = _admit(holding, size)
-                # Refused, the rest is read and dropped: closing on a caller still sending would
-                # reset the connection and lose the answer that says why.
-                if busy is None:
-                    chunks.append(chunk)
-    except TimeoutError:
-        raise RequestTimeout(
-            f"The body did not arrive whole within {within:g} s (GATE_BODY_TIMEOUT_SECONDS); "
-            "nothing was forwarded."
-        ) from None
-    if busy is not None:
-        raise busy
-    if declared is not None and size != declared:
-        # uvicorn hands the app no body for a request that asks to upgrade (curl --http2 on
-        # http:// sends Upgrade: h2c): forwarding that would record an empty trigger.
-        raise InvalidRequest(
-            f"The body arrived with {size} of the {declared} bytes its Content-Length "
-            "declares (a request asking to upgrade, such as HTTP/2 over plain http, loses it "
-            "here); nothing was forwarded. Send it without Upgrade."
-        )
-    return b"".join(chunks)
-
-
-def _admit(holding: Holding, size: int) -> GatewayBusy | None:
-    """Takes the body's bytes so far, or says why not."""
-    try:
-        holding.take(size - holding.size)
-    except GatewayBusy as busy:
-        return busy
-    return None
-
-
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"The body is larger than {limit} bytes (GATE_MAX_BODY_BYTES); nothing was forwarded."
-    )
-
-
-def _response(answer: GatewayAnswer, *, key: str, head: bool, services: Services) -> Response:
-    body = answer.body
-    if head:
-        if isinstance(body, Body):
-            body.close()
-        body = Body()
-    elif not isinstance(body, Body):  # refused, a replay is only asked again; a problem is small
-        body = Body.of(body, budget=services.budget, refusable=answer.replayed)
-    settings = services.settings
-    response = HeldResponse(
-        body,
-        status_code=answer.status,
-        timeout_seconds=settings.send_timeout_seconds,
-        min_bytes_per_second=settings.send_min_bytes_per_second,
-    )
-    for name, value in answer.headers:
-        response.headers.append(name, value)
-    response.headers[EXECUTION_HEADER] = location_for(key)
-    if answer.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
 
 
 # What /openapi.json says about the trigger paths comes from these routes, declared like any
@@ -350,10 +238,11 @@ async def trigger(
         ),
     ] = None,
 ) -> NoReturn:
-    """Declares the trigger paths for OpenAPI only."""
-    raise RuntimeError(
-        "A declared trigger route was reached: TriggerEndpoints serves /webhook/ and "
-        "/webhook-test/ ahead of FastAPI's routing and must be installed on the app."
+    """Declares the trigger paths for OpenAPI only: TriggerEndpoints answers them first. Reached
+    only where the middleware does not see the path as a trigger (served under a root path)."""
+    raise NotFound(
+        "Triggers are served at /webhook/<path> and /webhook-test/<path> from the root of the "
+        "gateway's address, not under a path prefix."
     )
 
 

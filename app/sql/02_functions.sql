@@ -20,7 +20,7 @@
 -- prefix.
 CREATE OR REPLACE FUNCTION api_key_lookup(key_prefix text)
 RETURNS TABLE (tenant_id uuid, tenant_name text, key_hash bytea)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
 AS $$
     SELECT k.tenant_id, t.name, k.key_hash
     FROM public.api_keys k JOIN public.tenants t ON t.id = k.tenant_id
@@ -590,7 +590,7 @@ $$;
 -- shows it expired rows only.
 CREATE OR REPLACE FUNCTION reap_expired_executions(batch_size integer)
 RETURNS integer
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
 AS $$
     WITH doomed AS (
         SELECT id FROM public.executions
@@ -611,7 +611,7 @@ CREATE OR REPLACE FUNCTION end_abandoned_attempt(
     p_execution executions, p_keep_seconds double precision
 )
 RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     detail constant text := 'the process running this attempt stopped before recording its '
                             'outcome; n8n may have run it';
@@ -639,7 +639,7 @@ CREATE OR REPLACE FUNCTION end_abandoned_executions(
     p_batch_size integer, p_keep_seconds double precision
 )
 RETURNS integer
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     abandoned public.executions;
     ended integer := 0;

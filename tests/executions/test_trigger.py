@@ -12,10 +12,10 @@ from fastapi.routing import iter_route_contexts
 from app.config import Settings
 from app.errors import InvalidWebhookPath
 from app.executions.trigger import parse_webhook_path
-from app.executions.trigger_endpoints import TRIGGER_METHODS
 from app.executions.trigger_endpoints import trigger as declared_trigger
+from app.executions.trigger_http import TRIGGER_METHODS
 from app.main import create_app
-from tests.conftest import ClientFactory
+from tests.conftest import ClientFactory, with_lifespan_state
 from tests.support.executions_api import new_key
 from tests.support.fake_n8n import BINARY_BODY, FakeN8n
 from tests.support.problems import assert_problem
@@ -369,6 +369,24 @@ def test_the_declared_trigger_routes_come_after_every_other_route(settings: Sett
     assert declared_trigger not in endpoints[:-declared]
 
 
-async def test_a_declared_trigger_route_reached_says_the_middleware_is_missing() -> None:
-    with pytest.raises(RuntimeError, match="TriggerEndpoints serves /webhook/"):
-        await declared_trigger("echo", new_key())
+async def test_a_trigger_under_a_root_path_is_404_not_a_crash(settings: Settings) -> None:
+    """Under a root path the middleware does not see a trigger: the declared route answers,
+    with a 404 that says where triggers are served, never a 500."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app) as state:
+        transport = httpx.ASGITransport(
+            app=with_lifespan_state(app, state), root_path="/gw", raise_app_exceptions=False
+        )
+        async with httpx.AsyncClient(transport=transport, base_url="http://gate.test") as client:
+            answer = await client.post("/gw/webhook/echo", headers={"Idempotency-Key": new_key()})
+    problem = assert_problem(answer, 404, "not-found")
+    assert "not under a path prefix" in problem["detail"]
+
+
+async def test_a_trigger_path_without_its_slash_is_not_redirected(
+    client: httpx.AsyncClient,
+) -> None:
+    for path in ("/webhook", "/webhook-test"):
+        answer = await client.post(path, headers={"Host": "evil.example"})
+        assert answer.status_code == 404
+        assert "location" not in answer.headers
