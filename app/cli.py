@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
@@ -17,6 +18,8 @@ from app import migrations
 from app.config import ConfigError, Settings, load_settings
 from app.embedded import EmbeddedUnavailable, start_embedded
 from app.errors import GateError
+from app.ingress.routes_file import IngressRoute, RoutesFileError, load_routes
+from app.ingress.service import resolve_tenants
 from app.logs import log_config
 from app.server import BoundedHttpToolsProtocol
 from app.tenants import repo as tenants_repo
@@ -37,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.handler(args, settings)
         return result
     except (ConfigError, CliError, EmbeddedUnavailable) as exc:
-        print(f"n8n-gate: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"n8n-gate: {line}", file=sys.stderr)
         return 2
 
 
@@ -64,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke an API key by its prefix")
     revoke.add_argument("prefix")
     revoke.set_defaults(handler=_keys_revoke)
+
+    routes = commands.add_parser("routes", help="provider routes (GATE_ROUTES_FILE)")
+    routes_commands = routes.add_subparsers(dest="routes_command", required=True)
+    check = routes_commands.add_parser("check", help="validate a routes file without serving")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=_routes_check)
     return parser
 
 
@@ -79,10 +89,13 @@ def database_url(settings: Settings) -> str:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    routes = _load_routes(settings.routes_file) if settings.routes_file else None
     embedded = settings.database_url is None
     url = database_url(settings)
     if not embedded:
         _require_current_schema(url, settings)
+    if routes:
+        _run(_with_admin(url, lambda conn: resolve_tenants(conn, routes), settings))
     _run(_bootstrap_default_key(url, settings))
     os.environ["DATABASE_URL"] = url  # worker processes read their settings afresh
     # uvicorn shuts down gracefully, then re-raises the signal it caught; exiting through
@@ -105,6 +118,24 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             limit_concurrency=settings.max_connections,
         )
     return 0
+
+
+def _routes_check(args: argparse.Namespace, settings: Settings) -> int:
+    routes = _load_routes(args.file)
+    for route in routes.values():
+        print(
+            f"/in/{route.name}: tenant {route.tenant}, {route.scheme}, key from "
+            f"{route.key_source}, {route.respond} to /{route.mode}/{route.raw_path}"
+        )
+    print(f"{args.file}: {len(routes)} route{'s' if len(routes) != 1 else ''}, valid")
+    return 0
+
+
+def _load_routes(path: Path) -> dict[str, IngressRoute]:
+    try:
+        return load_routes(path)
+    except RoutesFileError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -202,6 +233,8 @@ async def _with_admin(
         raise CliError("the database has no schema yet; run 'n8n-gate migrate' first") from None
     except GateError as exc:
         raise CliError(exc.detail) from None
+    except RoutesFileError as exc:
+        raise CliError(str(exc)) from None
     finally:
         await conn.close()
 

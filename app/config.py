@@ -292,6 +292,22 @@ class Settings(BaseSettings):
     list_max_limit: int = Field(
         default=200, ge=1, le=10_000, description="Largest page of the list endpoint."
     )
+    routes_file: Path | None = Field(
+        default=None,
+        description=(
+            "TOML file of provider routes (POST /in/<route>: signed deliveries from Stripe, "
+            "GitHub, Standard Webhooks...); checked at start. Unset: no /in routes."
+        ),
+    )
+    signature_tolerance_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=24 * 3600,
+        description=(
+            "How far a signed delivery's timestamp may be from now (schemes with one); "
+            "a route's `tolerance_seconds` overrides it."
+        ),
+    )
 
     @field_validator("database_url", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from app.config import Settings
 from app.db import Pool
 from app.executions.retention import Reaper
 from app.executions.service import ExecutionService
+from app.ingress.service import Ingress
 from app.memory import ByteBudget
 from app.tenants.service import Authenticator
 from app.tenants.tenant import Tenant
@@ -24,6 +25,7 @@ class Services:
     executions: ExecutionService
     reaper: Reaper
     budget: ByteBudget
+    ingress: Ingress | None = None  # None without GATE_ROUTES_FILE
 
 
 async def get_services(request: Request) -> Services:  # async: sync deps run in a thread

@@ -107,6 +107,18 @@ class Unauthorized(GateError):
     title = "Missing or invalid API key"
 
 
+class MissingDeliveryKey(GateError):
+    status_code = 400
+    slug = "delivery-key-missing"
+    title = "The delivery does not carry its key where its route says"
+
+
+class SignatureInvalid(GateError):
+    status_code = 401
+    slug = "signature-invalid"
+    title = "The delivery's signature does not verify"
+
+
 class NotFound(GateError):
     status_code = 404
     slug = "not-found"
@@ -117,6 +129,12 @@ class ExecutionNotFound(GateError):
     status_code = 404
     slug = "execution-not-found"
     title = "No execution for this idempotency key"
+
+
+class RouteNotFound(GateError):
+    status_code = 404
+    slug = "route-not-found"
+    title = "No provider route by this name"
 
 
 class MethodNotAllowed(GateError):

@@ -27,6 +27,10 @@ from app.executions.service import ExecutionService
 from app.executions.trigger_endpoints import TriggerEndpoints, documentation_router
 from app.forwarding.client import N8nClient
 from app.health.routes import router as health_router
+from app.ingress.endpoints import IngressEndpoints
+from app.ingress.endpoints import documentation_router as ingress_documentation
+from app.ingress.routes_file import load_routes
+from app.ingress.service import Ingress, ServedRoute, serve_routes
 from app.memory import ByteBudget
 from app.migrations import schema_state
 from app.problems import install_handlers
@@ -52,11 +56,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise SchemaNotCurrent(
                 "DATABASE_URL is not set; start the gateway with 'n8n-gate serve'."
             )
+        routes = load_routes(settings.routes_file) if settings.routes_file else None
         pool = await db.create_pool(str(settings.database_url), settings)
         budget = ByteBudget(limit=settings.max_bytes_in_flight)
         delivery_due = asyncio.Event()  # set when this process's workers should look for work
         try:
             await _require_current_schema(pool)
+            served_routes = await serve_routes(pool, routes) if routes else None
             async with (
                 N8nClient(
                     base_url=str(settings.n8n_base_url),
@@ -92,7 +98,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     grace_seconds=settings.n8n_timeout_seconds,
                 )
                 authenticator = Authenticator(pool, cache_seconds=settings.auth_cache_seconds)
-                services = Services(settings, pool, authenticator, executions, reaper, budget)
+                ingress = _ingress(served_routes, executions, settings)
+                services = Services(
+                    settings, pool, authenticator, executions, reaper, budget, ingress
+                )
                 async with workers:
                     _freeze_startup_objects()
                     yield {"services": services}
@@ -113,10 +122,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # method and body lost or resent, and the redirect would echo the request's Host.
     app.router.redirect_slashes = False
     install_handlers(app)
+    app.add_middleware(IngressEndpoints)  # serves /in/<route> before any route
     app.add_middleware(TriggerEndpoints)  # serves the trigger paths before any route
     app.include_router(health_router)
     app.include_router(executions_router)
-    # Last, so that every other route is matched first: they only document the trigger paths.
+    # Last, so that every other route is matched first: they only document the paths that
+    # the middlewares above serve.
+    app.include_router(ingress_documentation)
     app.include_router(documentation_router)
     return app
 
@@ -143,6 +155,18 @@ def _execution_service(
         notifications=notifications,
         on_delivery_due=on_delivery_due,
         settings=settings,
+    )
+
+
+def _ingress(
+    routes: dict[str, ServedRoute] | None, executions: ExecutionService, settings: Settings
+) -> Ingress | None:
+    if routes is None:
+        return None
+    return Ingress(
+        routes=routes,
+        executions=executions,
+        tolerance_seconds=settings.signature_tolerance_seconds,
     )
 
 

@@ -27,6 +27,15 @@ AS $$
     WHERE k.prefix = key_prefix AND k.revoked_at IS NULL
 $$;
 
+-- A provider route (GATE_ROUTES_FILE) names its tenant; the gateway resolves the name at start
+-- through this function, as the service role cannot read tenants.
+CREATE OR REPLACE FUNCTION tenant_lookup(tenant_name text)
+RETURNS uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
+AS $$
+    SELECT t.id FROM public.tenants t WHERE t.name = tenant_name
+$$;
+
 
 -- ==============================================================================================
 -- Steps the transitions below share. They run as their caller: its role, tenant and search_path.

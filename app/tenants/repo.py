@@ -9,6 +9,7 @@ from uuid import UUID
 from app.db import AnyConnection
 
 LOOKUP_KEY = "SELECT tenant_id, tenant_name, key_hash FROM api_key_lookup($1)"
+LOOKUP_TENANT = "SELECT tenant_lookup($1)"
 
 UPSERT_TENANT = """
 INSERT INTO tenants (name) VALUES ($1)
@@ -55,6 +56,11 @@ async def find_key(conn: AnyConnection, *, prefix: str) -> StoredKey | None:
     return StoredKey(
         tenant_id=row["tenant_id"], tenant_name=row["tenant_name"], key_hash=row["key_hash"]
     )
+
+
+async def find_tenant_id(conn: AnyConnection, *, name: str) -> UUID | None:
+    tenant_id: UUID | None = await conn.fetchval(LOOKUP_TENANT, name)
+    return tenant_id
 
 
 async def upsert_tenant(conn: AnyConnection, *, name: str) -> UUID:

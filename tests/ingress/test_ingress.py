@@ -1,0 +1,395 @@
+"""Provider deliveries on /in/<route>, through the real app, a real Postgres and the fake n8n.
+
+Signatures are computed here with `hmac`, independently of app/ingress/signatures.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.conftest import ClientFactory, GatewayClient, new_api_key
+from tests.support.executions_api import status_of, until_status
+from tests.support.fake_n8n import FakeN8n
+from tests.support.problems import assert_problem
+
+STRIPE_SECRETS = ["whsec_test_old", "whsec_test_new"]
+GITHUB_SECRET = "gh-secret"
+STD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SHOPIFY_SECRET = "shpss_0123456789abcdef"
+SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+HMAC_SECRET = "generic-secret"
+ALL_SECRETS = [
+    *STRIPE_SECRETS,
+    GITHUB_SECRET,
+    STD_SECRET,
+    SHOPIFY_SECRET,
+    SLACK_SECRET,
+    HMAC_SECRET,
+]
+
+
+def routes_toml(tenant: str) -> str:
+    """The issue's fixed-point routes, on the fake n8n's echo workflow, and one of each other
+    provider."""
+    return f"""
+[routes.stripe-orders]
+tenant   = "{tenant}"
+provider = "stripe"
+secrets  = ["whsec_test_old", "whsec_test_new"]
+webhook  = "echo"
+respond  = "async"
+
+[routes.gh]
+tenant   = "{tenant}"
+provider = "github"
+secrets  = ["{GITHUB_SECRET}"]
+webhook  = "echo"
+respond  = "sync"
+
+[routes.std]
+tenant   = "{tenant}"
+provider = "standard-webhooks"
+secrets  = ["{STD_SECRET}"]
+webhook  = "echo"
+
+[routes.shop]
+tenant   = "{tenant}"
+provider = "shopify"
+secrets  = ["{SHOPIFY_SECRET}"]
+webhook  = "echo"
+respond  = "sync"
+
+[routes.slack]
+tenant   = "{tenant}"
+provider = "slack"
+secrets  = ["{SLACK_SECRET}"]
+webhook  = "echo"
+respond  = "sync"
+
+[routes.plain]
+tenant   = "{tenant}"
+provider = "hmac-sha256"
+secrets  = ["{HMAC_SECRET}"]
+signature_header = "X-Signature"
+signature_prefix = "sha256="
+key      = "body-sha256"
+webhook  = "echo"
+respond  = "sync"
+"""
+
+
+@pytest.fixture
+async def tenant(database_url: str) -> tuple[str, str]:
+    """A tenant of its own (its name, and an API key to read its executions with)."""
+    name = f"acme-{uuid.uuid4().hex[:12]}"
+    return name, await new_api_key(database_url, tenant_name=name)
+
+
+@pytest.fixture
+async def gateway(
+    make_client: ClientFactory, tenant: tuple[str, str], tmp_path: Path
+) -> AsyncIterator[GatewayClient]:
+    routes = tmp_path / "routes.toml"
+    routes.write_text(routes_toml(tenant[0]))
+    async with make_client(api_key=tenant[1], routes_file=routes) as client:
+        yield client
+
+
+def stripe_headers(
+    body: bytes, secret: str = STRIPE_SECRETS[1], at: int | None = None
+) -> dict[str, str]:
+    timestamp = int(time.time()) if at is None else at
+    signed = f"{timestamp}.".encode() + body
+    signature = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return {"Stripe-Signature": f"t={timestamp},v1={signature}", "Content-Type": "application/json"}
+
+
+def github_headers(body: bytes, delivery: str, secret: str = GITHUB_SECRET) -> dict[str, str]:
+    signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {
+        "X-Hub-Signature-256": f"sha256={signature}",
+        "X-GitHub-Delivery": delivery,
+        "X-GitHub-Event": "push",
+        "Content-Type": "application/json",
+    }
+
+
+def standard_headers(body: bytes, message_id: str) -> dict[str, str]:
+    timestamp = str(int(time.time()))
+    key = base64.b64decode(STD_SECRET.removeprefix("whsec_"))
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    signature = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": timestamp,
+        "webhook-signature": f"v1,{signature}",
+        "Content-Type": "application/json",
+    }
+
+
+def stripe_event(event_id: str, amount: int = 100) -> bytes:
+    return json.dumps({"id": event_id, "type": "charge.succeeded", "amount": amount}).encode()
+
+
+async def test_an_async_provider_delivering_an_event_three_times_runs_the_workflow_once(
+    gateway: GatewayClient, n8n: FakeN8n
+) -> None:
+    event = f"evt_{uuid.uuid4().hex}"
+    body = stripe_event(event)
+    answers = []
+    for secret in [STRIPE_SECRETS[1], STRIPE_SECRETS[0], STRIPE_SECRETS[1]]:  # either secret
+        answers.append(
+            await gateway.post(
+                "/in/stripe-orders", content=body, headers=stripe_headers(body, secret)
+            )
+        )
+    assert [answer.status_code for answer in answers] == [202, 202, 202]
+    assert "idempotent-replayed" not in answers[0].headers
+    assert [answer.headers.get("idempotent-replayed") for answer in answers[1:]] == ["true"] * 2
+    key = f"in:stripe-orders:{event}"
+    assert answers[0].json()["key"] == key
+    await until_status(gateway, key, "completed")
+    calls = n8n.calls_for(key)
+    assert len(calls) == 1
+    assert calls[0].body == body
+    assert calls[0].path == "echo"
+
+
+async def test_a_sync_provider_delivering_an_event_three_times_gets_n8ns_answer_replayed(
+    gateway: GatewayClient, n8n: FakeN8n
+) -> None:
+    delivery = str(uuid.uuid4())
+    body = json.dumps({"ref": "refs/heads/main", "delivery": delivery}).encode()
+    answers = [
+        await gateway.post("/in/gh", content=body, headers=github_headers(body, delivery))
+        for _ in range(3)
+    ]
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    assert [answer.headers.get("idempotent-replayed") for answer in answers] == [
+        None,
+        "true",
+        "true",
+    ]
+    assert answers[1].content == answers[0].content
+    calls = n8n.calls_for(f"in:gh:{delivery}")
+    assert len(calls) == 1
+    assert calls[0].headers["x-github-event"] == "push"
+
+
+async def test_concurrent_redeliveries_run_the_workflow_once(
+    gateway: GatewayClient, n8n: FakeN8n
+) -> None:
+    message = f"msg_{uuid.uuid4().hex}"
+    body = b'{"type":"invoice.paid"}'
+    answers = await asyncio.gather(
+        *(
+            gateway.post("/in/std", content=body, headers=standard_headers(body, message))
+            for _ in range(5)
+        )
+    )
+    assert all(answer.status_code == 202 for answer in answers)
+    await until_status(gateway, f"in:std:{message}", "completed")
+    assert len(n8n.calls_for(f"in:std:{message}")) == 1
+
+
+async def test_each_provider_verifies_and_keys_its_deliveries(
+    gateway: GatewayClient, n8n: FakeN8n
+) -> None:
+    body = b'{"id":"shop-order"}'
+    shop_id = str(uuid.uuid4())
+    shop_signature = base64.b64encode(
+        hmac.new(SHOPIFY_SECRET.encode(), body, hashlib.sha256).digest()
+    ).decode()
+    shop = await gateway.post(
+        "/in/shop",
+        content=body,
+        headers={"X-Shopify-Hmac-Sha256": shop_signature, "X-Shopify-Webhook-Id": shop_id},
+    )
+    assert shop.status_code == 200, shop.text
+    assert len(n8n.calls_for(f"in:shop:{shop_id}")) == 1
+
+    event_id = f"Ev{uuid.uuid4().hex}"
+    slack_body = json.dumps({"type": "event_callback", "event_id": event_id}).encode()
+    timestamp = str(int(time.time()))
+    slack_signature = hmac.new(
+        SLACK_SECRET.encode(), f"v0:{timestamp}:".encode() + slack_body, hashlib.sha256
+    ).hexdigest()
+    slack = await gateway.post(
+        "/in/slack",
+        content=slack_body,
+        headers={
+            "X-Slack-Request-Timestamp": timestamp,
+            "X-Slack-Signature": f"v0={slack_signature}",
+        },
+    )
+    assert slack.status_code == 200, slack.text
+    assert len(n8n.calls_for(f"in:slack:{event_id}")) == 1
+
+    plain_body = f'{{"n": "{uuid.uuid4()}"}}'.encode()
+    plain_signature = hmac.new(HMAC_SECRET.encode(), plain_body, hashlib.sha256).hexdigest()
+    plain = await gateway.post(
+        "/in/plain", content=plain_body, headers={"X-Signature": f"sha256={plain_signature}"}
+    )
+    assert plain.status_code == 200, plain.text
+    key = f"in:plain:sha256:{hashlib.sha256(plain_body).hexdigest()}"
+    assert len(n8n.calls_for(key)) == 1
+
+
+@pytest.mark.parametrize(
+    "headers_for",
+    [
+        lambda body: stripe_headers(body + b" "),  # signed another body
+        lambda body: stripe_headers(body, secret="whsec_not_this_one"),
+        lambda body: stripe_headers(body, at=int(time.time()) - 301),  # stale
+        lambda body: stripe_headers(body, at=int(time.time()) + 301),  # from the future
+        lambda body: {"Content-Type": "application/json"},  # unsigned
+    ],
+    ids=["tampered", "wrong-secret", "stale", "future", "missing"],
+)
+async def test_a_delivery_that_does_not_verify_is_401_and_nothing_is_stored(
+    gateway: GatewayClient,
+    n8n: FakeN8n,
+    caplog: pytest.LogCaptureFixture,
+    headers_for: object,
+) -> None:
+    event = f"evt_{uuid.uuid4().hex}"
+    body = stripe_event(event)
+    headers = headers_for(body)  # type: ignore[operator]
+    with caplog.at_level(logging.WARNING):
+        answer = await gateway.post("/in/stripe-orders", content=body, headers=headers)
+    problem = assert_problem(answer, 401, "signature-invalid")
+    assert "nothing was stored" in problem["detail"]
+    assert_problem(
+        await gateway.get(f"/v1/executions/in:stripe-orders:{event}"), 404, "execution-not-found"
+    )
+    assert n8n.calls_for(f"in:stripe-orders:{event}") == []
+    assert "delivery refused: route=stripe-orders" in caplog.text
+    signature = headers.get("Stripe-Signature", "")
+    for secret in [*STRIPE_SECRETS, signature.partition("v1=")[2] or "<none>"]:
+        assert secret not in caplog.text
+        assert secret not in answer.text
+
+
+async def test_a_duplicated_signature_header_is_refused(gateway: GatewayClient) -> None:
+    body = stripe_event(f"evt_{uuid.uuid4().hex}")
+    signed = stripe_headers(body)
+    headers = [("Stripe-Signature", signed["Stripe-Signature"])] * 2
+    answer = await gateway.post("/in/stripe-orders", content=body, headers=headers)
+    assert_problem(answer, 401, "signature-invalid")
+
+
+async def test_a_delivery_without_its_key_is_400(gateway: GatewayClient) -> None:
+    body = b'{"type":"charge.succeeded"}'  # no /id
+    answer = await gateway.post("/in/stripe-orders", content=body, headers=stripe_headers(body))
+    problem = assert_problem(answer, 400, "delivery-key-missing")
+    assert "/id" in problem["detail"]
+
+
+async def test_the_same_event_id_with_another_body_is_422(
+    gateway: GatewayClient, n8n: FakeN8n, caplog: pytest.LogCaptureFixture
+) -> None:
+    event = f"evt_{uuid.uuid4().hex}"
+    first, second = stripe_event(event, amount=100), stripe_event(event, amount=999)
+    assert (
+        await gateway.post("/in/stripe-orders", content=first, headers=stripe_headers(first))
+    ).status_code == 202
+    with caplog.at_level(logging.WARNING):
+        answer = await gateway.post(
+            "/in/stripe-orders", content=second, headers=stripe_headers(second)
+        )
+    assert_problem(answer, 422, "idempotency-key-reused")
+    assert "first delivered with another body" in caplog.text
+
+
+async def test_two_routes_never_share_a_key(gateway: GatewayClient, n8n: FakeN8n) -> None:
+    message = f"msg_{uuid.uuid4().hex}"
+    body = b'{"same": "id on two routes"}'
+    std = await gateway.post("/in/std", content=body, headers=standard_headers(body, message))
+    gh = await gateway.post("/in/gh", content=body, headers=github_headers(body, message))
+    assert (std.status_code, gh.status_code) == (202, 200)
+    assert gh.headers.get("idempotent-replayed") is None
+    assert len(n8n.calls_for(f"in:gh:{message}")) == 1
+
+
+async def test_an_unknown_route_is_404_and_needs_no_api_key(
+    gateway: GatewayClient,
+) -> None:
+    anonymous = {"Authorization": ""}
+    answer = await gateway.post("/in/nope", content=b"{}", headers=anonymous)
+    assert_problem(answer, 404, "route-not-found")
+    body = stripe_event(f"evt_{uuid.uuid4().hex}")
+    known = await gateway.post(
+        "/in/stripe-orders", content=body, headers={**stripe_headers(body), **anonymous}
+    )
+    assert known.status_code == 202
+
+
+async def test_a_gateway_without_routes_answers_404_on_in(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.post("/in/anything", content=b"{}"), 404, "route-not-found")
+
+
+async def test_secrets_and_signatures_are_never_stored_forwarded_or_shown(
+    gateway: GatewayClient, n8n: FakeN8n, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    delivery = str(uuid.uuid4())
+    body = json.dumps({"delivery": delivery}).encode()
+    headers = github_headers(body, delivery)
+    with caplog.at_level(logging.DEBUG):
+        assert (await gateway.post("/in/gh", content=body, headers=headers)).status_code == 200
+        event = f"evt_{uuid.uuid4().hex}"
+        stripe_body = stripe_event(event)
+        stripe = stripe_headers(stripe_body)
+        await gateway.post("/in/stripe-orders", content=stripe_body, headers=stripe)
+        await until_status(gateway, f"in:stripe-orders:{event}", "completed")
+    signatures = [headers["X-Hub-Signature-256"], stripe["Stripe-Signature"]]
+    forwarded = [
+        *n8n.calls_for(f"in:gh:{delivery}"),
+        *n8n.calls_for(f"in:stripe-orders:{event}"),
+    ]
+    assert len(forwarded) == 2
+    for call in forwarded:
+        assert not {"x-hub-signature-256", "stripe-signature"} & set(call.headers)
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT request_headers::text AS headers, response_body FROM executions "
+            "WHERE idempotency_key = ANY($1::text[])",
+            [f"in:gh:{delivery}", f"in:stripe-orders:{event}"],
+        )
+    finally:
+        await conn.close()
+    assert len(rows) == 2
+    shown = [
+        (await gateway.get(f"/v1/executions/in:gh:{delivery}")).text,
+        (await gateway.get(f"/v1/executions/in:stripe-orders:{event}")).text,
+        (await gateway.get("/v1/executions")).text,
+    ]
+    for secret in [*ALL_SECRETS, *signatures]:
+        assert secret not in caplog.text
+        for row in rows:
+            assert secret not in (row["headers"] or "")
+            assert secret.encode() not in (row["response_body"] or b"")
+        for text in shown:
+            assert secret not in text
+
+
+async def test_status_of_a_delivery_is_read_with_the_routes_tenant_key(
+    gateway: GatewayClient,
+) -> None:
+    event = f"evt_{uuid.uuid4().hex}"
+    body = stripe_event(event)
+    await gateway.post("/in/stripe-orders", content=body, headers=stripe_headers(body))
+    status = await status_of(gateway, f"in:stripe-orders:{event}")
+    assert (status["workflow"], status["mode"]) == ("echo", "webhook")
