@@ -24,6 +24,7 @@ from app.logs import log_config
 from app.server import BoundedHttpToolsProtocol
 from app.tenants import repo as tenants_repo
 from app.tenants.service import create_key
+from app.tenants.signing import new_signing_secret
 
 DEFAULT_TENANT = "default"
 T = TypeVar("T")
@@ -68,6 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke an API key by its prefix")
     revoke.add_argument("prefix")
     revoke.set_defaults(handler=_keys_revoke)
+    signing = keys.add_parser(
+        "signing-secret",
+        help="show (or rotate) the secret the gateway signs its calls to n8n with",
+    )
+    signing.add_argument("--tenant", required=True)
+    signing.add_argument("--rotate", action="store_true", help="sign with a new secret")
+    signing.add_argument(
+        "--overlap-seconds",
+        type=float,
+        default=86400.0,
+        help="how long the previous secret keeps signing beside the new one (default: a day)",
+    )
+    signing.set_defaults(handler=_keys_signing_secret)
 
     routes = commands.add_parser("routes", help="provider routes (GATE_ROUTES_FILE)")
     routes_commands = routes.add_subparsers(dest="routes_command", required=True)
@@ -117,6 +131,34 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             http=BoundedHttpToolsProtocol,
             limit_concurrency=settings.max_connections,
         )
+    return 0
+
+
+def _keys_signing_secret(args: argparse.Namespace, settings: Settings) -> int:
+    url = database_url(settings)
+
+    async def show(conn: asyncpg.Connection) -> list[tenants_repo.SigningSecret]:
+        tenant_id = await tenants_repo.find_tenant_id(conn, name=args.tenant)
+        if tenant_id is None:
+            raise CliError(f"no tenant {args.tenant!r}")
+        if args.rotate:
+            await tenants_repo.rotate_signing_secret(
+                conn,
+                tenant_name=args.tenant,
+                new=new_signing_secret(),
+                overlap_seconds=args.overlap_seconds,
+            )
+        else:  # the first is made on first use; made here if asked for before
+            await tenants_repo.signing_secrets(conn, tenant_id=tenant_id, new=new_signing_secret())
+        return await tenants_repo.live_signing_secrets(conn, tenant_name=args.tenant)
+
+    for secret in _run(_with_admin(url, show, settings)):
+        until = (
+            f"until {secret.expires_at.isoformat(timespec='seconds')}"
+            if secret.expires_at
+            else "current"
+        )
+        print(f"{secret.secret}  {until}")
     return 0
 
 

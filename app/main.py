@@ -35,8 +35,11 @@ from app.memory import ByteBudget
 from app.migrations import schema_state
 from app.problems import install_handlers
 from app.tenants.service import Authenticator
+from app.tenants.signing import SigningSecrets
 
 logger = logging.getLogger(__name__)
+# How soon a rotated signing secret reaches every process (`n8n-gate keys signing-secret`).
+SIGNING_CACHE_SECONDS = 60.0
 
 
 class State(TypedDict):
@@ -143,7 +146,15 @@ def _execution_service(
 ) -> ExecutionService:
     writes = ExecutionWrites(pool, settings)
     background = BackgroundWork()
-    runner = Runner(pool=pool, n8n=n8n, writes=writes, background=background, settings=settings)
+    signing = SigningSecrets(pool, cache_seconds=SIGNING_CACHE_SECONDS)
+    runner = Runner(
+        pool=pool,
+        n8n=n8n,
+        writes=writes,
+        background=background,
+        signing=signing,
+        settings=settings,
+    )
     return ExecutionService(
         pool=pool,
         writes=writes,
@@ -153,6 +164,7 @@ def _execution_service(
             max_bytes=settings.replay_cache_bytes, ttl_seconds=settings.replay_cache_seconds
         ),
         notifications=notifications,
+        signing=signing,
         on_delivery_due=on_delivery_due,
         settings=settings,
     )

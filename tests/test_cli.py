@@ -166,3 +166,37 @@ def test_serve_without_database_url_uses_embedded_postgres_that_survives_a_resta
         stop_gateway(third)
     assert replay.status_code == 200
     assert replay.headers["idempotent-replayed"] == "true"
+
+
+def test_serve_refuses_a_bad_routes_file_with_one_line_per_mistake(
+    database_url: str, tmp_path: Path
+) -> None:
+    routes = tmp_path / "routes.toml"
+    routes.write_text(
+        '[routes.a]\ntenant = "acme"\nprovider = "paypal"\nsecrets = ["s"]\nwebhook = "w"\n'
+        '[routes.b]\ntenant = "acme"\nprovider = "github"\nsecrets = ["s"]\n'
+    )
+    env = cli_env(DATABASE_URL=database_url, GATE_ROUTES_FILE=str(routes))
+    result = run_cli("serve", "--port", "1", env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, result.stderr
+    assert "route 'a': provider:" in lines[0]
+    assert "route 'b': webhook: missing" in lines[1]
+
+
+def test_serve_refuses_a_route_whose_tenant_does_not_exist(
+    database_url: str, tmp_path: Path
+) -> None:
+    routes = tmp_path / "routes.toml"
+    routes.write_text(
+        '[routes.gh]\ntenant = "nobody-here"\nprovider = "github"\nsecrets = ["s"]\n'
+        'webhook = "w"\n'
+    )
+    env = cli_env(DATABASE_URL=database_url, GATE_ROUTES_FILE=str(routes))
+    result = run_cli("serve", "--port", "1", env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "n8n-gate: route 'gh': tenant: 'nobody-here' does not exist "
+        "(create it with 'n8n-gate keys create --tenant nobody-here')"
+    ]

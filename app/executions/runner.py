@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -21,6 +22,8 @@ from app.executions.gateway_answer import GatewayAnswer
 from app.executions.lease import LeaseKeeper
 from app.executions.trigger import TriggerRequest
 from app.forwarding.client import N8nClient, N8nResponse, Outbound
+from app.forwarding.signing import signed_headers, unsigned
+from app.tenants.signing import SigningSecrets
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +36,11 @@ class Runner:
         n8n: N8nClient,
         writes: ExecutionWrites,
         background: BackgroundWork,
+        signing: SigningSecrets,
         settings: Settings,
     ) -> None:
         self._pool = pool
+        self._signing = signing
         self._n8n = n8n
         self._writes = writes
         self._background = background
@@ -47,12 +52,17 @@ class Runner:
         )
 
     def start(
-        self, tenant_id: UUID, request: TriggerRequest, attempt: repo.AttemptLease
+        self,
+        tenant_id: UUID,
+        request: TriggerRequest,
+        attempt: repo.AttemptLease,
+        *,
+        secrets: Sequence[str],
     ) -> asyncio.Task[GatewayAnswer]:
         """Run a claimed attempt in a task of its own: once claimed, it must finish even if the
         client goes away (shutdown waits for it)."""
         return self._background.start(
-            self.run(tenant_id=tenant_id, request=request, attempt=attempt)
+            self.run(tenant_id=tenant_id, request=request, attempt=attempt, secrets=secrets)
         )
 
     async def deliver(self, delivery: repo.Delivery) -> None:
@@ -69,9 +79,20 @@ class Runner:
             body=delivery.body,
         )
         attempt = repo.AttemptLease(execution_id=row.id, number=row.attempts)
+        try:
+            secrets = await self._signing.of(delivery.tenant_id)
+        except db.DatabaseUnreachable:
+            outcome = outcomes.unsigned()
+            retry_at = self._retry_at(attempt, outcome, None)
+            await self._record(delivery.tenant_id, attempt, outcome, retry_at=retry_at)
+            return
         with contextlib.suppress(ForwardFailed):
             await self.run(
-                tenant_id=delivery.tenant_id, request=request, attempt=attempt, retry=True
+                tenant_id=delivery.tenant_id,
+                request=request,
+                attempt=attempt,
+                secrets=secrets,
+                retry=True,
             )
 
     async def run(
@@ -80,6 +101,7 @@ class Runner:
         tenant_id: UUID,
         request: TriggerRequest,
         attempt: repo.AttemptLease,
+        secrets: Sequence[str],
         retry: bool = False,
     ) -> GatewayAnswer:
         """Forward while renewing the lease, then record. With `retry` (async deliveries) a
@@ -90,7 +112,7 @@ class Runner:
         )
         try:
             async with lease:
-                response = await self._n8n.forward(self._outbound(request))
+                response = await self._n8n.forward(self._outbound(request, attempt, secrets))
         except ForwardFailed as exc:
             if exc.final:
                 return await self._complete_with_problem(tenant_id, attempt, request, exc)
@@ -116,12 +138,22 @@ class Runner:
             replayed=False,
         )
 
-    def _outbound(self, request: TriggerRequest) -> Outbound:
+    def _outbound(
+        self, request: TriggerRequest, attempt: repo.AttemptLease, secrets: Sequence[str]
+    ) -> Outbound:
+        # One message id for every attempt of an execution, as Standard Webhooks asks of a
+        # retried message, so a workflow may also recognise a second attempt.
+        signature = signed_headers(
+            secrets,
+            message_id=f"msg_{attempt.execution_id}",
+            timestamp=datetime.now(UTC),
+            body=request.body,
+        )
         return Outbound(
             method=request.method,
             path=self._n8n.path_for(mode=request.mode, raw_path=request.raw_path),
             query=request.query,
-            headers=request.headers,
+            headers=[*unsigned(request.headers), *signature],
             body=request.body,
         )
 

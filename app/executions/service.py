@@ -37,6 +37,7 @@ from app.executions.notifications import DatabaseNotifications
 from app.executions.replay_cache import ReplayCache
 from app.executions.runner import Runner
 from app.executions.trigger import TriggerRequest, location_for
+from app.tenants.signing import SigningSecrets
 from app.tenants.tenant import Tenant
 
 Status = Literal["pending", "running", "completed", "failed"]
@@ -67,9 +68,11 @@ class ExecutionService:
         background: BackgroundWork,
         replay_cache: ReplayCache,
         notifications: DatabaseNotifications,
+        signing: SigningSecrets,
         on_delivery_due: Callable[[], None],
         settings: Settings,
     ) -> None:
+        self._signing = signing
         self._pool = pool
         self._writes = writes
         self._runner = runner
@@ -91,11 +94,14 @@ class ExecutionService:
                 return replay_answer(decision.row)
             if isinstance(decision, decisions.KeyReused):
                 raise self._refusal(decision, request)
+        # Read before the claim: a database away now costs a 503 with nothing claimed.
+        secrets = await self._signing.of(tenant.id)
         started = await self._claim_waiting(tenant, request, wait_seconds=wait_seconds)
         if isinstance(started, decisions.Replay):
             self._replay_cache.put(tenant.id, started.row)
             return replay_answer(started.row)
-        return await asyncio.shield(self._runner.start(tenant.id, request, started.attempt))
+        run = self._runner.start(tenant.id, request, started.attempt, secrets=secrets)
+        return await asyncio.shield(run)
 
     async def accept(self, *, tenant: Tenant, request: TriggerRequest) -> repo.Accepted:
         """Store an async trigger for the delivery workers (Prefer: respond-async); or say what
@@ -260,8 +266,9 @@ class ExecutionService:
         except (GateError, db.DatabaseUnreachable):
             return  # refused, or the database went away (the claim is released then)
         if isinstance(started, decisions.Run):
+            secrets = await self._signing.of(tenant.id)  # cached: the trigger read them
             with contextlib.suppress(ForwardFailed):
-                await self._runner.start(tenant.id, request, started.attempt)
+                await self._runner.start(tenant.id, request, started.attempt, secrets=secrets)
 
     async def _claim(self, tenant: Tenant, request: TriggerRequest) -> Started:
         for _ in range(MAX_CLAIM_ROUNDS):

@@ -106,6 +106,19 @@ CREATE TABLE execution_attempts (
     PRIMARY KEY (execution_id, attempt)
 );
 
+-- Each tenant's secrets for signing the gateway's calls to n8n (Standard Webhooks), so a
+-- workflow can tell a call came through the gateway. A rotated-out secret lives on until
+-- `expires_at`, signing beside the new one. The service role reads them through
+-- signing_secrets_of (02_functions.sql) only.
+CREATE TABLE signing_secrets (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id   uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    secret      text NOT NULL CHECK (secret ~ '^whsec_[A-Za-z0-9+/]{32,88}={0,2}$'),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz
+);
+CREATE INDEX signing_secrets_tenant ON signing_secrets (tenant_id);
+
 -- Executions waiting for a delivery worker (Prefer: respond-async): due now, due after a retry
 -- delay, or running (due again when the lease would run out). It holds ids and times only, no
 -- tenant data, so workers can pick across tenants without RLS; everything about the execution
@@ -141,6 +154,7 @@ ALTER TABLE execution_attempts FORCE ROW LEVEL SECURITY;
 -- Enabled without policies: only the owner (the migrating/admin user) reads these tables.
 ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
 ALTER TABLE api_keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE signing_secrets ENABLE ROW LEVEL SECURITY;
 
 -- NULLIF: once a transaction-local setting ends, the setting reads as '' rather than NULL.
 CREATE POLICY executions_tenant_isolation ON executions

@@ -36,6 +36,27 @@ AS $$
     SELECT t.id FROM public.tenants t WHERE t.name = tenant_name
 $$;
 
+-- The tenant's live signing secrets, newest first; when it has none, `p_new` becomes its
+-- first (the lock makes two processes asking at once agree on one).
+CREATE OR REPLACE FUNCTION signing_secrets_of(p_tenant uuid, p_new text)
+RETURNS SETOF text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
+AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('signing_secrets ' || p_tenant::text, 0));
+    IF NOT EXISTS (
+        SELECT 1 FROM public.signing_secrets
+        WHERE tenant_id = p_tenant AND (expires_at IS NULL OR expires_at > now())
+    ) THEN
+        INSERT INTO public.signing_secrets (tenant_id, secret) VALUES (p_tenant, p_new);
+    END IF;
+    RETURN QUERY
+        SELECT secret FROM public.signing_secrets
+        WHERE tenant_id = p_tenant AND (expires_at IS NULL OR expires_at > now())
+        ORDER BY created_at DESC, id DESC;
+END
+$$;
+
 
 -- ==============================================================================================
 -- Steps the transitions below share. They run as their caller: its role, tenant and search_path.

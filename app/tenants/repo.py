@@ -10,6 +10,27 @@ from app.db import AnyConnection
 
 LOOKUP_KEY = "SELECT tenant_id, tenant_name, key_hash FROM api_key_lookup($1)"
 LOOKUP_TENANT = "SELECT tenant_lookup($1)"
+SIGNING_SECRETS = "SELECT signing_secrets_of($1, $2) AS secret"
+
+# Admin statements for `n8n-gate keys signing-secret`.
+LIVE_SIGNING_SECRETS = """
+SELECT s.secret, s.created_at, s.expires_at
+FROM signing_secrets s JOIN tenants t ON t.id = s.tenant_id
+WHERE t.name = $1 AND (s.expires_at IS NULL OR s.expires_at > now())
+ORDER BY s.created_at DESC, s.id DESC
+"""
+
+ROTATE_SIGNING = """
+WITH tenant AS (SELECT id FROM tenants WHERE name = $1),
+retired AS (
+    UPDATE signing_secrets s SET expires_at = now() + make_interval(secs => $3)
+    FROM tenant
+    WHERE s.tenant_id = tenant.id
+      AND (s.expires_at IS NULL OR s.expires_at > now() + make_interval(secs => $3))
+)
+INSERT INTO signing_secrets (tenant_id, secret) SELECT id, $2 FROM tenant
+RETURNING id
+"""
 
 UPSERT_TENANT = """
 INSERT INTO tenants (name) VALUES ($1)
@@ -61,6 +82,32 @@ async def find_key(conn: AnyConnection, *, prefix: str) -> StoredKey | None:
 async def find_tenant_id(conn: AnyConnection, *, name: str) -> UUID | None:
     tenant_id: UUID | None = await conn.fetchval(LOOKUP_TENANT, name)
     return tenant_id
+
+
+async def signing_secrets(conn: AnyConnection, *, tenant_id: UUID, new: str) -> list[str]:
+    """The tenant's live signing secrets, newest first; `new` becomes the first if none."""
+    return [row["secret"] for row in await conn.fetch(SIGNING_SECRETS, tenant_id, new)]
+
+
+@dataclass(frozen=True)
+class SigningSecret:
+    secret: str
+    created_at: datetime
+    expires_at: datetime | None
+
+
+async def live_signing_secrets(conn: AnyConnection, *, tenant_name: str) -> list[SigningSecret]:
+    rows = await conn.fetch(LIVE_SIGNING_SECRETS, tenant_name)
+    return [SigningSecret(**dict(row)) for row in rows]
+
+
+async def rotate_signing_secret(
+    conn: AnyConnection, *, tenant_name: str, new: str, overlap_seconds: float
+) -> bool:
+    """`new` signs from now on; the others sign beside it for `overlap_seconds` more. False
+    when there is no such tenant."""
+    inserted = await conn.fetchval(ROTATE_SIGNING, tenant_name, new, overlap_seconds)
+    return inserted is not None
 
 
 async def upsert_tenant(conn: AnyConnection, *, name: str) -> UUID:
