@@ -108,9 +108,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     url = database_url(settings)
     if not embedded:
         _require_current_schema(url, settings)
+    _run(_bootstrap_default_key(url, settings))  # first: a route may name tenant 'default'
     if routes:
         _run(_with_admin(url, lambda conn: resolve_tenants(conn, routes), settings))
-    _run(_bootstrap_default_key(url, settings))
     os.environ["DATABASE_URL"] = url  # worker processes read their settings afresh
     # uvicorn shuts down gracefully, then re-raises the signal it caught; exiting through
     # Python instead (not the default handler) lets atexit stop the embedded server.
@@ -169,7 +169,8 @@ def _routes_check(args: argparse.Namespace, settings: Settings) -> int:
             f"/in/{route.name}: tenant {route.tenant}, {route.scheme}, key from "
             f"{route.key_source}, {route.respond} to /{route.mode}/{route.raw_path}"
         )
-    print(f"{args.file}: {len(routes)} route{'s' if len(routes) != 1 else ''}, valid")
+    count = f"{len(routes)} route{'s' if len(routes) != 1 else ''}"
+    print(f"{args.file}: {count}, valid (their tenants are checked when the gateway starts)")
     return 0
 
 

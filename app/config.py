@@ -320,6 +320,11 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("routes_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value  # as .env.example writes it, commented or not
+
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: str) -> str:

@@ -179,6 +179,7 @@ def _ingress(
         routes=routes,
         executions=executions,
         tolerance_seconds=settings.signature_tolerance_seconds,
+        max_wait_seconds=settings.max_wait_seconds,
     )
 
 

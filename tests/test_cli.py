@@ -190,13 +190,12 @@ def test_serve_refuses_a_route_whose_tenant_does_not_exist(
 ) -> None:
     routes = tmp_path / "routes.toml"
     routes.write_text(
-        '[routes.gh]\ntenant = "nobody-here"\nprovider = "github"\nsecrets = ["s"]\n'
-        'webhook = "w"\n'
+        '[routes.gh]\ntenant = "nobody-here"\nprovider = "github"\nsecrets = ["s"]\nwebhook = "w"\n'
     )
     env = cli_env(DATABASE_URL=database_url, GATE_ROUTES_FILE=str(routes))
     result = run_cli("serve", "--port", "1", env=env)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "n8n-gate: route 'gh': tenant: 'nobody-here' does not exist "
+        f"n8n-gate: {routes}: route 'gh': tenant: 'nobody-here' does not exist "
         "(create it with 'n8n-gate keys create --tenant nobody-here')"
     ]

@@ -15,6 +15,9 @@ from app.numbers import ascii_int
 Mode = Literal["webhook", "webhook-test"]
 
 MAX_KEY_LENGTH = 255
+# Keys of provider deliveries (/in/<route>) are `in:<route>:<the provider's id>`; a client's own
+# key may not start so, or it could take a provider's delivery before it arrives.
+PROVIDER_KEY_PREFIX = "in:"
 _PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]+$")
 # Characters a webhook path segment may hold once percent-decoded: n8n paths are URL path
 # segments; anything else (controls, backslashes, '%' tricks) is refused rather than passed on.
@@ -65,6 +68,11 @@ def parse_idempotency_key(values: list[str]) -> str:
         raise InvalidIdempotencyKey(
             f"An Idempotency-Key is 1 to {MAX_KEY_LENGTH} printable ASCII characters, "
             'bare or as a quoted string ("...").'
+        )
+    if key.startswith(PROVIDER_KEY_PREFIX):
+        raise InvalidIdempotencyKey(
+            f"Idempotency-Keys starting with {PROVIDER_KEY_PREFIX!r} are the keys of provider "
+            "deliveries (/in/<route>); choose another key."
         )
     return key
 

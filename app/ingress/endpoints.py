@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import NoReturn, get_args
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import db
@@ -46,6 +47,8 @@ from app.ingress.service import Delivery, Ingress, ServedRoute
 from app.problems import as_problem, documented, problem_response
 
 PREFIX = "/in/"
+# A provider's credentials and key header are not forwarded: the execution's key is sent instead.
+_NEVER_FORWARDED = frozenset({"authorization", "n8n-gate-key", "cookie", "idempotency-key"})
 
 
 class IngressEndpoints:
@@ -92,6 +95,9 @@ async def _deliver(request: Request) -> Response:
         )
         assert services.ingress is not None  # _served_route found the route
         services.ingress.verify(served, delivery)
+        challenge = services.ingress.handshake(served, delivery)
+        if challenge is not None:
+            return JSONResponse({"challenge": challenge})
         key = services.ingress.key(served, delivery)
         trigger = _trigger_request(request, services, served, delivery, key=key)
         outcome = await services.ingress.deliver(served, trigger)
@@ -123,12 +129,13 @@ def _trigger_request(
     request: Request, services: Services, served: ServedRoute, delivery: Delivery, *, key: str
 ) -> TriggerRequest:
     route = served.route
-    # The signature is the provider's proof to the gateway: never stored, logged or forwarded.
+    # The signature is the provider's proof to the gateway, and a credential it sends is not
+    # the gateway's to keep: neither is stored, logged or forwarded.
     unsigned = [
         (name, value)
         for name, value in delivery.headers
         if (lowered := name.lower()) not in served.signature_headers
-        and lowered != "idempotency-key"
+        and lowered not in _NEVER_FORWARDED
     ]
     return TriggerRequest(
         key=key,

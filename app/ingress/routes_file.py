@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.errors import InvalidWebhookPath
 from app.executions.trigger import Mode, parse_webhook_path
-from app.ingress.keys import KeySource, parse_key_source
-from app.ingress.signatures import HmacOptions, SchemeName, validate_secret
+from app.ingress.keys import HeaderKey, KeySource, parse_key_source
+from app.ingress.signatures import HmacOptions, SchemeName, signature_headers, validate_secret
 
 Provider = Literal["stripe", "github", "shopify", "slack", "standard-webhooks", "hmac-sha256"]
 Respond = Literal["async", "sync"]
@@ -43,7 +43,9 @@ class Preset:
 PRESETS: dict[Provider, Preset] = {
     "stripe": Preset("stripe", "json:/id"),
     "github": Preset("github", "header:X-GitHub-Delivery"),
-    "shopify": Preset("shopify", "header:X-Shopify-Webhook-Id"),
+    # Shopify's own guide to duplicates keys on the event id: a retried webhook may get a new
+    # X-Shopify-Webhook-Id.
+    "shopify": Preset("shopify", "header:X-Shopify-Event-Id"),
     "slack": Preset("slack", "json:/event_id"),
     "standard-webhooks": Preset("standard-webhooks", "header:webhook-id"),
     "hmac-sha256": Preset("hmac-sha256", None),
@@ -57,7 +59,7 @@ class RouteEntry(BaseModel):
 
     tenant: str = Field(pattern=TENANT_NAME.pattern)
     provider: Provider
-    secrets: list[str] = Field(min_length=1, max_length=16)
+    secrets: list[str] = Field(min_length=1, max_length=16, repr=False)
     webhook: str = Field(min_length=1, max_length=2048)
     mode: Mode = "webhook"
     respond: Respond = "async"
@@ -71,11 +73,16 @@ class RouteEntry(BaseModel):
     @field_validator("webhook")
     @classmethod
     def _webhook_path(cls, value: str) -> str:
+        if value.startswith("/"):
+            raise ValueError(
+                "the path after /webhook/ (or /webhook-test/ with mode), without a leading '/': "
+                "e.g. 'orders' for {N8N_BASE_URL}/webhook/orders"
+            )
         try:
-            parse_webhook_path(value.strip("/"))
+            parse_webhook_path(value.rstrip("/"))
         except InvalidWebhookPath as exc:
             raise ValueError(exc.detail) from None
-        return value.strip("/")
+        return value.rstrip("/")
 
     @field_validator("key")
     @classmethod
@@ -90,6 +97,7 @@ class IngressRoute:
     """A route as the gateway serves it."""
 
     name: str
+    source: str  # the routes file, to name in what is said of the route
     tenant: str
     scheme: SchemeName
     secrets: tuple[str, ...]
@@ -143,7 +151,7 @@ def parse_routes(document: dict[str, Any], *, source: str) -> dict[str, IngressR
         if route_mistakes:
             mistakes += [f"{source}: route {name!r}: {line}" for line in route_mistakes]
             continue
-        routes[name] = _route(name, RouteEntry.model_validate(table))
+        routes[name] = _route(name, RouteEntry.model_validate(table), source=source)
     if mistakes:
         raise RoutesFileError(mistakes)
     return routes
@@ -200,10 +208,26 @@ def _cross_field_mistakes(entry: RouteEntry) -> list[str]:
         mistakes.append("signature_header: missing (provider 'hmac-sha256' needs it)")
     if entry.provider != "hmac-sha256" and entry.signature_header is not None:
         mistakes.append("signature_header: only for provider 'hmac-sha256'")
+    key_text = entry.key or preset.key
+    key = parse_key_source(key_text) if key_text else None
+    if isinstance(key, HeaderKey) and key.name in _never_a_key(entry):
+        mistakes.append(
+            f"key: {key.name} carries the signature or a credential, which is never stored; "
+            "take the key from another header, the body, or 'body-sha256'"
+        )
     return mistakes
 
 
-def _route(name: str, entry: RouteEntry) -> IngressRoute:
+def _never_a_key(entry: RouteEntry) -> frozenset[str]:
+    """Headers whose values are never stored, so never a delivery's key."""
+    options = None
+    if entry.signature_header is not None:
+        options = HmacOptions(header=entry.signature_header)
+    scheme = PRESETS[entry.provider].scheme
+    return signature_headers(scheme, options) | {"authorization", "n8n-gate-key", "cookie"}
+
+
+def _route(name: str, entry: RouteEntry, *, source: str) -> IngressRoute:
     preset = PRESETS[entry.provider]
     key = entry.key or preset.key
     assert key is not None  # checked by _cross_field_mistakes
@@ -217,6 +241,7 @@ def _route(name: str, entry: RouteEntry) -> IngressRoute:
         )
     return IngressRoute(
         name=name,
+        source=source,
         tenant=entry.tenant,
         scheme=preset.scheme,
         secrets=tuple(entry.secrets),

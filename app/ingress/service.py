@@ -4,6 +4,7 @@ workflow again."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -14,7 +15,7 @@ from app.errors import IdempotencyKeyReused, MissingDeliveryKey, RouteNotFound, 
 from app.executions.gateway_answer import GatewayAnswer
 from app.executions.repo import Accepted
 from app.executions.service import ExecutionService
-from app.executions.trigger import MAX_KEY_LENGTH, TriggerRequest
+from app.executions.trigger import MAX_KEY_LENGTH, PROVIDER_KEY_PREFIX, TriggerRequest
 from app.ingress import signatures
 from app.ingress.keys import DeliveryKeyMissing, delivery_key
 from app.ingress.routes_file import IngressRoute, RoutesFileError
@@ -22,9 +23,6 @@ from app.tenants import repo as tenants_repo
 from app.tenants.tenant import Tenant
 
 logger = logging.getLogger(__name__)
-
-# A delivery's execution key is `in:<route>:<the provider's id>`, so two routes never collide.
-KEY_PREFIX = "in"
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ async def resolve_tenants(
         if tenant_id is not None:
             tenants[name] = Tenant(id=tenant_id, name=name)
     unknown = [
-        f"route {route.name!r}: tenant: {route.tenant!r} does not exist "
+        f"{route.source}: route {route.name!r}: tenant: {route.tenant!r} does not exist "
         f"(create it with 'n8n-gate keys create --tenant {route.tenant}')"
         for route in routes.values()
         if route.tenant not in tenants
@@ -86,9 +84,11 @@ class Ingress:
         routes: Mapping[str, ServedRoute],
         executions: ExecutionService,
         tolerance_seconds: float,
+        max_wait_seconds: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._routes = routes
+        self._max_wait_seconds = max_wait_seconds
         self._executions = executions
         self._tolerance_seconds = tolerance_seconds
         self._clock = clock
@@ -125,9 +125,23 @@ class Ingress:
                 "stored. Check the route's secrets and the sender's clock."
             ) from None
 
+    def handshake(self, served: ServedRoute, delivery: Delivery) -> str | None:
+        """The challenge to answer when a verified delivery is the provider checking the URL,
+        not an event (Slack's url_verification): answered at once, nothing stored or run."""
+        if served.route.scheme != "slack" or not delivery.body.startswith(b"{"):
+            return None
+        try:
+            payload = json.loads(delivery.body)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(payload, dict) or payload.get("type") != "url_verification":
+            return None
+        challenge = payload.get("challenge")
+        return challenge if isinstance(challenge, str) else None
+
     def key(self, served: ServedRoute, delivery: Delivery) -> str:
         """The execution key: the route's name and the provider's id for the delivery."""
-        prefix = f"{KEY_PREFIX}:{served.route.name}:"
+        prefix = f"{PROVIDER_KEY_PREFIX}{served.route.name}:"
         try:
             sent = delivery_key(
                 served.route.key_source,
@@ -152,7 +166,9 @@ class Ingress:
             if route.respond == "async":
                 return await self._executions.accept(tenant=served.tenant, request=request)
             return await self._executions.trigger(
-                tenant=served.tenant, request=request, wait_seconds=route.wait_seconds
+                tenant=served.tenant,
+                request=request,
+                wait_seconds=min(route.wait_seconds, self._max_wait_seconds),
             )
         except IdempotencyKeyReused:
             # Signed by the provider, yet another body under an id it used before: a provider

@@ -4,7 +4,9 @@ Schemes (docs/adr/0005-signature-verification.md says why each is done the way i
 
     standard-webhooks  webhook-id, webhook-timestamp, webhook-signature: "v1,<base64>" entries,
                        space-delimited; HMAC-SHA256 of "{id}.{timestamp}.{body}" keyed with the
-                       base64 after "whsec_" (the `standardwebhooks` package signs)
+                       base64 after "whsec_" (the `standardwebhooks` package signs). Or the same
+                       under svix-id, svix-timestamp, svix-signature (Svix, and Clerk or Resend
+                       through it): one family or the other, never both, never a mix
     stripe             Stripe-Signature: "t=<unix>,v1=<hex>[,v1=<hex>...]"; HMAC of "{t}.{body}"
     github             X-Hub-Signature-256: "sha256=<hex>"; HMAC of the body
     shopify            X-Shopify-Hmac-Sha256: "<base64>"; HMAC of the body
@@ -17,7 +19,9 @@ All HMAC-SHA256. Every scheme but Standard Webhooks keys it with the secret's UT
 Where the scheme has a timestamp it must be within `tolerance_seconds` of `now`, either way.
 
 A header the scheme reads that is missing, sent twice, malformed or too long refuses the
-delivery: with two copies, which one a proxy or framework hands on is anybody's guess. Digests
+delivery: with two copies, which one a proxy or framework hands on is anybody's guess.
+`check_headers` runs every one of those checks (and the timestamp's) without the body, so the
+edge can refuse before reading it; `verify` runs them again, from the same parsing code. Digests
 are compared as bytes with `hmac.compare_digest`, every secret against every offered signature
 (at most MAX_SIGNATURES of them). A refusal's reason names the header or the check that failed,
 never a secret, a signature or the body: it is logged and told to the sender.
@@ -56,6 +60,14 @@ _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 # webhook-id: visible ASCII, as every sender uses; it is part of the signed content.
 _MESSAGE_ID = re.compile(r"[\x21-\x7e]{1,256}")
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+# Standard Webhooks' (id, timestamp, signature) headers: the spec's names, then Svix's (Svix
+# signs the same content with the same whsec_ secrets, and Clerk and Resend send through it).
+_STANDARD_WEBHOOKS: tuple[tuple[str, str, str], ...] = (
+    ("webhook-id", "webhook-timestamp", "webhook-signature"),
+    ("svix-id", "svix-timestamp", "svix-signature"),
+)
+_STANDARD_WEBHOOKS_IDS = frozenset(family[0] for family in _STANDARD_WEBHOOKS)
 
 _WHSEC = "whsec_"
 # The Standard Webhooks spec: a symmetric secret is 24 to 64 random bytes.
@@ -109,25 +121,28 @@ def verify(
     negative tolerance, "hmac-sha256" without options): never a reason to let a delivery in.
     """
     _check_configuration(scheme, secrets, now, tolerance_seconds, hmac_options)
-    if scheme == "standard-webhooks":
-        _verify_standard_webhooks(secrets, headers, body, now, tolerance_seconds)
-    elif scheme == "stripe":
-        _verify_stripe(secrets, headers, body, now, tolerance_seconds)
-    elif scheme == "github":
-        value = _single_header(headers, "x-hub-signature-256")
-        if not value.startswith("sha256="):
-            raise SignatureRejected("malformed header x-hub-signature-256 (not sha256=)")
-        digest = _hex_digest(value.removeprefix("sha256="), "x-hub-signature-256")
-        _require_match(_hmacs(secrets, body), [digest], "x-hub-signature-256")
-    elif scheme == "shopify":
-        value = _single_header(headers, "x-shopify-hmac-sha256")
-        digest = _base64_digest(value, "x-shopify-hmac-sha256")
-        _require_match(_hmacs(secrets, body), [digest], "x-shopify-hmac-sha256")
-    elif scheme == "slack":
-        _verify_slack(secrets, headers, body, now, tolerance_seconds)
-    else:
-        assert hmac_options is not None  # _check_configuration made sure
-        _verify_generic(secrets, headers, body, hmac_options)
+    offer = _read_headers(scheme, headers, now, tolerance_seconds, hmac_options)
+    _require_match(_expected(scheme, secrets, offer, body), offer.digests, offer.where)
+
+
+def check_headers(
+    scheme: SchemeName,
+    *,
+    headers: Sequence[tuple[str, str]],
+    now: float,
+    tolerance_seconds: float,
+    hmac_options: HmacOptions | None = None,
+) -> None:
+    """Everything verify() checks that does not need the body: the scheme's headers are present,
+    each once, well formed (digest lengths/encodings, at most MAX_SIGNATURES, ids), and the
+    timestamp (where the scheme has one) is within the tolerance. Raises SignatureRejected with
+    the same reasons verify() would give; verify() still checks all of it again.
+
+    Passing says nothing about the signature itself: only verify() with the body can.
+    ValueError means the caller's configuration is wrong, as for verify().
+    """
+    _check_configuration(scheme, None, now, tolerance_seconds, hmac_options)
+    _read_headers(scheme, headers, now, tolerance_seconds, hmac_options)
 
 
 def signature_headers(
@@ -136,11 +151,16 @@ def signature_headers(
     """Lower-case names of the headers that carry the signature (and its timestamp) for this
     scheme, so the gateway can strip them before storing or forwarding (never store a signature).
 
-    `webhook-id` is not among them: it names the delivery, and is its idempotency key. GitHub's
-    legacy SHA-1 `X-Hub-Signature`, sent beside the SHA-256 one, is.
+    `webhook-id` (`svix-id`) is not among them: it names the delivery, and is its idempotency
+    key. GitHub's legacy SHA-1 `X-Hub-Signature`, sent beside the SHA-256 one, is; so are both
+    namings of Standard Webhooks' timestamp and signature, whichever the sender uses.
     """
     if scheme == "standard-webhooks":
-        return frozenset({"webhook-signature", "webhook-timestamp"})
+        return frozenset(
+            name
+            for _, timestamp, signature in _STANDARD_WEBHOOKS
+            for name in (timestamp, signature)
+        )
     if scheme == "stripe":
         return frozenset({"stripe-signature"})
     if scheme == "github":
@@ -182,22 +202,96 @@ def validate_secret(scheme: SchemeName, secret: str) -> str | None:
     return None
 
 
-# --- the schemes ------------------------------------------------------------------------------
+def standard_webhooks_id(headers: Sequence[tuple[str, str]]) -> str | None:
+    """The Standard Webhooks delivery id, `webhook-id` or Svix's `svix-id`, surrounding blanks
+    removed: None unless exactly one of the two is sent, once. (verify() checks its form.)"""
+    values = [value for key, value in headers if key.lower() in _STANDARD_WEBHOOKS_IDS]
+    return values[0].strip(" \t") if len(values) == 1 else None
 
 
-def _verify_standard_webhooks(
-    secrets: Sequence[str],
+# --- the schemes: each reads its headers into an _Offer ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Offer:
+    """What a delivery's headers say, every rule on them checked: all that verify() needs to
+    compare the signatures, besides the body and the secrets."""
+
+    where: str  # the header holding the signatures, as reasons name it
+    digests: tuple[bytes | None, ...]  # None: an entry in a signature's place that is no digest
+    timestamp: str = ""  # as sent, and signed: a canonical decimal (schemes that have one)
+    message_id: str = ""  # Standard Webhooks: the delivery's id, signed too
+    signed_at: datetime | None = None  # Standard Webhooks: the timestamp, for the package
+
+
+def _read_headers(
+    scheme: SchemeName,
     headers: Sequence[tuple[str, str]],
-    body: bytes,
     now: float,
     tolerance_seconds: float,
-) -> None:
-    msg_id = _single_header(headers, "webhook-id")
-    raw_timestamp = _single_header(headers, "webhook-timestamp")
-    offered = _single_header(headers, "webhook-signature")
+    hmac_options: HmacOptions | None,
+) -> _Offer:
+    if scheme == "standard-webhooks":
+        return _read_standard_webhooks(headers, now, tolerance_seconds)
+    if scheme == "stripe":
+        return _read_stripe(headers, now, tolerance_seconds)
+    if scheme == "github":
+        value = _single_header(headers, "x-hub-signature-256")
+        if not value.startswith("sha256="):
+            raise SignatureRejected("malformed header x-hub-signature-256 (not sha256=)")
+        digest = _hex_digest(value.removeprefix("sha256="), "x-hub-signature-256")
+        return _Offer("x-hub-signature-256", (digest,))
+    if scheme == "shopify":
+        value = _single_header(headers, "x-shopify-hmac-sha256")
+        digest = _base64_digest(value, "x-shopify-hmac-sha256")
+        return _Offer("x-shopify-hmac-sha256", (digest,))
+    if scheme == "slack":
+        return _read_slack(headers, now, tolerance_seconds)
+    assert hmac_options is not None  # _check_configuration made sure
+    return _read_generic(headers, hmac_options)
+
+
+def _expected(
+    scheme: SchemeName, secrets: Sequence[str], offer: _Offer, body: bytes
+) -> list[bytes]:
+    """The digest each secret gives this delivery."""
+    if scheme == "standard-webhooks":
+        assert offer.signed_at is not None  # _read_standard_webhooks made sure
+        expected: list[bytes] = []
+        for secret in secrets:
+            # The package signs "{id}.{floor(timestamp)}.{body}", which is the header's text
+            # again: _TIMESTAMP admits only canonical decimals.
+            versioned = Webhook(secret).sign(offer.message_id, offer.signed_at, body)
+            expected.append(base64.b64decode(versioned.partition(",")[2]))
+        return expected
+    if scheme == "stripe":
+        return _hmacs(secrets, offer.timestamp.encode() + b"." + body)
+    if scheme == "slack":
+        return _hmacs(secrets, b"v0:" + offer.timestamp.encode() + b":" + body)
+    return _hmacs(secrets, body)
+
+
+def _standard_webhooks_names(headers: Sequence[tuple[str, str]]) -> tuple[str, str, str]:
+    """The id, timestamp and signature header names this delivery uses: the spec's or Svix's."""
+    sent = {key.lower() for key, _ in headers}
+    used = [family for family in _STANDARD_WEBHOOKS if sent.intersection(family)]
+    if len(used) > 1:
+        if all(sent.issuperset(family) for family in used):
+            raise SignatureRejected("ambiguous: both webhook-* and svix-* headers sent")
+        raise SignatureRejected("mixed webhook-* and svix-* headers")
+    return used[0] if used else _STANDARD_WEBHOOKS[0]
+
+
+def _read_standard_webhooks(
+    headers: Sequence[tuple[str, str]], now: float, tolerance_seconds: float
+) -> _Offer:
+    id_name, timestamp_name, signature_name = _standard_webhooks_names(headers)
+    msg_id = _single_header(headers, id_name)
+    raw_timestamp = _single_header(headers, timestamp_name)
+    offered = _single_header(headers, signature_name)
     if not _MESSAGE_ID.fullmatch(msg_id):
-        raise SignatureRejected("malformed header webhook-id")
-    timestamp = _fresh_timestamp(raw_timestamp, "webhook-timestamp", now, tolerance_seconds)
+        raise SignatureRejected(f"malformed header {id_name}")
+    timestamp = _fresh_timestamp(raw_timestamp, timestamp_name, now, tolerance_seconds)
     # Space-delimited "<version>,<base64>" entries; versions other than v1 (v1a: asymmetric)
     # are not ours to check, and an entry that is not even that is nobody's signature.
     digests: list[bytes | None] = []
@@ -206,28 +300,24 @@ def _verify_standard_webhooks(
         if comma and version == "v1":
             digests.append(_base64_digest_or_none(signature))
     if not digests:
-        raise SignatureRejected("no v1 signature in header webhook-signature")
-    _limit_signatures(digests, "webhook-signature")
+        raise SignatureRejected(f"no v1 signature in header {signature_name}")
+    _limit_signatures(digests, signature_name)
     try:
         signed_at = datetime.fromtimestamp(timestamp, tz=UTC)
     except (OverflowError, OSError, ValueError):
-        raise SignatureRejected("malformed header webhook-timestamp") from None
-    expected: list[bytes] = []
-    for secret in secrets:
-        # The package signs "{id}.{floor(timestamp)}.{body}", which is the header's text again:
-        # _TIMESTAMP admits only canonical decimals.
-        versioned = Webhook(secret).sign(msg_id, signed_at, body)
-        expected.append(base64.b64decode(versioned.partition(",")[2]))
-    _require_match(expected, digests, "webhook-signature")
+        raise SignatureRejected(f"malformed header {timestamp_name}") from None
+    return _Offer(
+        signature_name,
+        tuple(digests),
+        timestamp=raw_timestamp,
+        message_id=msg_id,
+        signed_at=signed_at,
+    )
 
 
-def _verify_stripe(
-    secrets: Sequence[str],
-    headers: Sequence[tuple[str, str]],
-    body: bytes,
-    now: float,
-    tolerance_seconds: float,
-) -> None:
+def _read_stripe(
+    headers: Sequence[tuple[str, str]], now: float, tolerance_seconds: float
+) -> _Offer:
     value = _single_header(headers, "stripe-signature")
     timestamps: list[str] = []
     digests: list[bytes | None] = []
@@ -246,41 +336,27 @@ def _verify_stripe(
         raise SignatureRejected("no v1 signature in header stripe-signature")
     _limit_signatures(digests, "stripe-signature")
     _fresh_timestamp(timestamps[0], "stripe-signature t=", now, tolerance_seconds)
-    signed = timestamps[0].encode() + b"." + body
-    _require_match(_hmacs(secrets, signed), digests, "stripe-signature")
+    return _Offer("stripe-signature", tuple(digests), timestamp=timestamps[0])
 
 
-def _verify_slack(
-    secrets: Sequence[str],
-    headers: Sequence[tuple[str, str]],
-    body: bytes,
-    now: float,
-    tolerance_seconds: float,
-) -> None:
+def _read_slack(headers: Sequence[tuple[str, str]], now: float, tolerance_seconds: float) -> _Offer:
     value = _single_header(headers, "x-slack-signature")
     raw_timestamp = _single_header(headers, "x-slack-request-timestamp")
     if not value.startswith("v0="):
         raise SignatureRejected("malformed header x-slack-signature (not v0=)")
     digest = _hex_digest(value.removeprefix("v0="), "x-slack-signature")
     _fresh_timestamp(raw_timestamp, "x-slack-request-timestamp", now, tolerance_seconds)
-    signed = b"v0:" + raw_timestamp.encode() + b":" + body
-    _require_match(_hmacs(secrets, signed), [digest], "x-slack-signature")
+    return _Offer("x-slack-signature", (digest,), timestamp=raw_timestamp)
 
 
-def _verify_generic(
-    secrets: Sequence[str],
-    headers: Sequence[tuple[str, str]],
-    body: bytes,
-    options: HmacOptions,
-) -> None:
+def _read_generic(headers: Sequence[tuple[str, str]], options: HmacOptions) -> _Offer:
     name = options.header.lower()
     value = _single_header(headers, name)
     if not value.startswith(options.prefix):
         raise SignatureRejected(f"malformed header {name} (no {options.prefix!r} prefix)")
     text = value[len(options.prefix) :]
     decode = _hex_digest if options.encoding == "hex" else _base64_digest
-    digest = decode(text, name)
-    _require_match(_hmacs(secrets, body), [digest], name)
+    return _Offer(name, (decode(text, name),))
 
 
 # --- shared checks ----------------------------------------------------------------------------
@@ -288,19 +364,20 @@ def _verify_generic(
 
 def _check_configuration(
     scheme: SchemeName,
-    secrets: Sequence[str],
+    secrets: Sequence[str] | None,  # None: check_headers(), which has none
     now: float,
     tolerance_seconds: float,
     hmac_options: HmacOptions | None,
 ) -> None:
     if scheme not in SCHEMES:
         raise ValueError(f"unknown signature scheme {scheme!r}")
-    if isinstance(secrets, str) or not secrets:
-        raise ValueError("verify needs a sequence of one or more secrets")
-    for index, secret in enumerate(secrets):
-        reason = validate_secret(scheme, secret)
-        if reason is not None:
-            raise ValueError(f"secret {index + 1} is unusable: {reason}")
+    if secrets is not None:
+        if isinstance(secrets, str) or not secrets:
+            raise ValueError("verify needs a sequence of one or more secrets")
+        for index, secret in enumerate(secrets):
+            reason = validate_secret(scheme, secret)
+            if reason is not None:
+                raise ValueError(f"secret {index + 1} is unusable: {reason}")
     if not (math.isfinite(tolerance_seconds) and tolerance_seconds >= 0):
         raise ValueError("tolerance_seconds must be a finite number, 0 or more")
     if not math.isfinite(now):

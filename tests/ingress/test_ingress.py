@@ -215,7 +215,7 @@ async def test_each_provider_verifies_and_keys_its_deliveries(
     shop = await gateway.post(
         "/in/shop",
         content=body,
-        headers={"X-Shopify-Hmac-Sha256": shop_signature, "X-Shopify-Webhook-Id": shop_id},
+        headers={"X-Shopify-Hmac-Sha256": shop_signature, "X-Shopify-Event-Id": shop_id},
     )
     assert shop.status_code == 200, shop.text
     assert len(n8n.calls_for(f"in:shop:{shop_id}")) == 1
@@ -393,3 +393,54 @@ async def test_status_of_a_delivery_is_read_with_the_routes_tenant_key(
     await gateway.post("/in/stripe-orders", content=body, headers=stripe_headers(body))
     status = await status_of(gateway, f"in:stripe-orders:{event}")
     assert (status["workflow"], status["mode"]) == ("echo", "webhook")
+
+
+async def test_a_clients_key_cannot_take_a_providers_delivery(
+    gateway: GatewayClient, n8n: FakeN8n
+) -> None:
+    delivery = str(uuid.uuid4())
+    squatted = await gateway.post(
+        "/webhook/echo", json={"evil": 1}, headers={"Idempotency-Key": f"in:gh:{delivery}"}
+    )
+    problem = assert_problem(squatted, 400, "idempotency-key-invalid")
+    assert "provider deliveries" in problem["detail"]
+    body = json.dumps({"real": 1}).encode()
+    real = await gateway.post("/in/gh", content=body, headers=github_headers(body, delivery))
+    assert real.status_code == 200
+    assert "idempotent-replayed" not in real.headers
+
+
+async def test_slacks_url_check_is_answered_and_nothing_is_stored(
+    gateway: GatewayClient, n8n: FakeN8n
+) -> None:
+    challenge = uuid.uuid4().hex
+    body = json.dumps({"token": "t", "challenge": challenge, "type": "url_verification"}).encode()
+    timestamp = str(int(time.time()))
+    signature = hmac.new(
+        SLACK_SECRET.encode(), f"v0:{timestamp}:".encode() + body, hashlib.sha256
+    ).hexdigest()
+    headers = {"X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": f"v0={signature}"}
+    answer = await gateway.post("/in/slack", content=body, headers=headers)
+    assert answer.status_code == 200
+    assert answer.json() == {"challenge": challenge}
+    page = (await gateway.get("/v1/executions")).json()
+    assert not [item for item in page["items"] if item["key"].startswith("in:slack:")]
+    unsigned = await gateway.post("/in/slack", content=body)
+    assert_problem(unsigned, 401, "signature-invalid")
+
+
+async def test_a_providers_credentials_never_reach_n8n(
+    gateway: GatewayClient, n8n: FakeN8n
+) -> None:
+    for extra in ({}, {"N8n-Gate-Key": "anything"}):
+        delivery = str(uuid.uuid4())
+        body = json.dumps({"delivery": delivery}).encode()
+        headers = {
+            **github_headers(body, delivery),
+            "Authorization": "Basic cHJvdmlkZXI6c2VjcmV0",
+            **extra,
+        }
+        assert (await gateway.post("/in/gh", content=body, headers=headers)).status_code == 200
+        (call,) = n8n.calls_for(f"in:gh:{delivery}")
+        assert "authorization" not in call.headers
+        assert "n8n-gate-key" not in call.headers

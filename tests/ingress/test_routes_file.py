@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.ingress.keys import BodyHashKey, HeaderKey, JsonPointerKey
-from app.ingress.routes_file import RoutesFileError, load_routes
+from app.ingress.routes_file import RouteEntry, RoutesFileError, load_routes
 
 FIXED_POINT = """
 [routes.stripe-orders]          # POST /in/stripe-orders
@@ -47,6 +47,13 @@ MISTAKES = {
     GITHUB + '\nrespond = "later"': ("respond"),
     GITHUB + '\nsecret = "x"': ("unknown field 'secret'"),
     GITHUB + '\nkey = "cookie:x"': ("key: must be"),
+    GITHUB
+    + '\nkey = "header:X-Hub-Signature-256"': "key: x-hub-signature-256 carries the signature",
+    HMAC + '\nsignature_header = "X-Sig"\nkey = "header:x-sig"': "key: x-sig carries the signature",
+    GITHUB + '\nkey = "header:Authorization"': "key: authorization carries",
+    'tenant = "acme"\nprovider = "github"\nsecrets = ["s"]\nwebhook = "/webhook/orders"': (
+        "without a leading '/'"
+    ),
     GITHUB + '\nkey = "json:id"': ("key: not a JSON Pointer"),
     HMAC + '\nkey = "body-sha256"': ("signature_header: missing"),
     HMAC + '\nsignature_header = "X-Sig"': ("key: missing"),
@@ -167,6 +174,10 @@ def test_a_route_never_prints_its_secrets(tmp_path: Path) -> None:
     route = load_routes(write(tmp_path, FIXED_POINT))["stripe-orders"]
     assert "whsec_test" not in repr(route)
     assert "whsec_test" not in str(route)
+    entry = RouteEntry.model_validate(
+        {"tenant": "acme", "provider": "github", "secrets": ["gh-secret"], "webhook": "w"}
+    )
+    assert "gh-secret" not in repr(entry)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
