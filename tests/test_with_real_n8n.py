@@ -8,17 +8,26 @@ import asyncio
 import base64
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import ClientFactory, GatewayClient
+from tests.conftest import ClientFactory, GatewayClient, new_api_key
 from tests.support.dbproxy import DatabaseProxy
 from tests.support.executions_api import new_key, status_of, until_status
 from tests.support.fake_n8n import FakeN8n
-from tests.support.real_n8n import HOOK_SECRET, LATE_ID, PAGE, REDIRECT_TO, RealN8n
+from tests.support.real_n8n import (
+    HOOK_SECRET,
+    LATE_ID,
+    PAGE,
+    REDIRECT_TO,
+    SIGNING_SECRET,
+    RealN8n,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -367,3 +376,44 @@ async def test_the_fake_n8n_answers_as_the_real_one(
         )
     real, fake = answers
     assert fake == real
+
+
+async def test_the_documented_recipe_verifies_the_gateways_calls_in_n8n(
+    real_n8n: RealN8n, make_client: ClientFactory, database_url: str
+) -> None:
+    """docs/verify-in-n8n.md's Code node, run by n8n itself: the gateway's call verifies; the
+    same call straight to n8n without the signature, or with another body, does not."""
+    tenant = f"recipe-{uuid.uuid4().hex[:12]}"
+    api_key = await new_api_key(database_url, tenant_name=tenant)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO signing_secrets (tenant_id, secret) "
+            "SELECT id, $2 FROM tenants WHERE name = $1",
+            tenant,
+            SIGNING_SECRET,
+        )
+    finally:
+        await conn.close()
+    key = new_key()
+    async with make_client(
+        n8n_base_url=real_n8n.base_url, n8n_startup_wait_seconds=60, api_key=api_key
+    ) as gate:
+        answer = await gate.post(
+            "/webhook/verified", json={"order": 7}, headers={"Idempotency-Key": key}
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"verified": True, "body": {"order": 7}}
+    async with httpx.AsyncClient(base_url=real_n8n.base_url) as n8n:
+        unsigned = await n8n.post("/webhook/verified", json={"order": 7})
+        forged = await n8n.post(
+            "/webhook/verified",
+            json={"order": 8},
+            headers={
+                "webhook-id": "msg_1",
+                "webhook-timestamp": str(int(time.time())),
+                "webhook-signature": "v1," + base64.b64encode(b"x" * 32).decode(),
+            },
+        )
+    assert unsigned.status_code == 500  # the Code node threw: the workflow stopped there
+    assert forged.status_code == 500

@@ -15,11 +15,14 @@ Workflow "gate-tests" holds one Webhook node per behaviour the gateway must keep
     POST guarded    Header Auth on Authorization (`Bearer hook-secret`), then the item
     GET  lookup     When Last Node Finishes, GET only
     HEAD probe      Immediately, HEAD only
+    POST verified   Raw Body, then docs/verify-in-n8n.md's Code node with SIGNING_SECRET: the
+                    gateway's signature verified, or the workflow fails
 Workflow "late" (POST late, echo) is imported but not published until a test publishes it.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -44,6 +47,9 @@ REDIRECT_TO = "https://shop.example/thanks"
 PAGE = "<html><body><p>n8n is starting up. Please wait</p></body></html>"
 HOOK_SECRET = "Bearer hook-secret"
 _CREDENTIAL = {"id": "gateHeaderAuth01", "name": "gate header auth"}
+# The signing secret of the tenant the recipe test sets up (32 bytes, base64).
+SIGNING_SECRET = "whsec_" + base64.b64encode(b"n8n-gate recipe test secret 32b!").decode()
+RECIPE = ROOT / "docs" / "verify-in-n8n.md"
 
 
 def install() -> Path:
@@ -92,6 +98,8 @@ class RealN8n:
             "N8N_GRACEFUL_SHUTDOWN_TIMEOUT": "15",
             # As n8n's image runs it: in development n8n adds a stack trace to its errors.
             "NODE_ENV": "production",
+            # docs/verify-in-n8n.md: the Code node verifying the gateway's signature needs it.
+            "NODE_FUNCTION_ALLOW_BUILTIN": "crypto",
         }
 
     def cli(self, *args: str) -> None:
@@ -224,6 +232,7 @@ def _node(name: str, node_type: str, parameters: dict[str, Any], *, y: int) -> d
 
 
 _TYPE_VERSIONS = {
+    "n8n-nodes-base.code": 2,
     "n8n-nodes-base.convertToFile": 1.1,
     "n8n-nodes-base.respondToWebhook": 1.1,
     "n8n-nodes-base.wait": 1.1,
@@ -324,9 +333,19 @@ def gate_tests_workflow() -> dict[str, Any]:
     guarded["parameters"]["authentication"] = "headerAuth"
     guarded["credentials"] = {"httpHeaderAuth": _CREDENTIAL}
     add(guarded)
+    verified = _webhook("verified", "POST", "lastNode", y=1300)
+    verified["parameters"]["options"] = {"rawBody": True}
+    add(verified, _node("verify", "n8n-nodes-base.code", {"jsCode": recipe_code()}, y=1300))
     add(_webhook("lookup", "GET", "lastNode", y=800))
     add(_webhook("probe", "HEAD", "onReceived", y=900))
     return _workflow(GATE_TESTS_ID, "gate-tests", nodes, connections)
+
+
+def recipe_code() -> str:
+    """The Code node of docs/verify-in-n8n.md, as documented, with the test's secret."""
+    code = re.search(r"```js\n(.*?)```", RECIPE.read_text(), flags=re.DOTALL)
+    assert code is not None, f"no js block in {RECIPE}"
+    return code.group(1).replace("whsec_PASTE_YOURS_HERE", SIGNING_SECRET)
 
 
 def header_auth_credential() -> dict[str, Any]:
