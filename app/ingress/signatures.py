@@ -231,6 +231,21 @@ def _read_headers(
     tolerance_seconds: float,
     hmac_options: HmacOptions | None,
 ) -> _Offer:
+    offer = _read_scheme(scheme, headers, now, tolerance_seconds, hmac_options)
+    if all(digest is None for digest in offer.digests):
+        # Not one offered entry is a digest: no body and no secret can match. verify() would
+        # say so after reading the body; this says it before.
+        raise SignatureRejected(_no_match(offer.where))
+    return offer
+
+
+def _read_scheme(
+    scheme: SchemeName,
+    headers: Sequence[tuple[str, str]],
+    now: float,
+    tolerance_seconds: float,
+    hmac_options: HmacOptions | None,
+) -> _Offer:
     if scheme == "standard-webhooks":
         return _read_standard_webhooks(headers, now, tolerance_seconds)
     if scheme == "stripe":
@@ -426,7 +441,11 @@ def _require_match(expected: Sequence[bytes], offered: Sequence[bytes | None], w
             if candidate is not None:
                 matched |= hmac.compare_digest(digest, candidate)
     if not matched:
-        raise SignatureRejected(f"no signature in header {where} matches a secret of the route")
+        raise SignatureRejected(_no_match(where))
+
+
+def _no_match(where: str) -> str:
+    return f"no signature in header {where} matches a secret of the route"
 
 
 def _hex_digest_or_none(text: str) -> bytes | None:

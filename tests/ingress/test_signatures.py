@@ -1,6 +1,8 @@
 """Provider signatures (app/ingress/signatures.py): for every scheme a valid delivery passes, and
 a tampered body, a wrong secret, a removed secret, a stale or future timestamp, a missing or a
-duplicated header are refused with a reason that names no secret and no signature.
+duplicated header are refused with a reason that names no secret and no signature. The header
+precheck (check_headers, before the body is read) refuses what verify refuses without the body,
+with verify's reason, and passes the rest. Standard Webhooks also arrives under Svix's names.
 
 The test signs its deliveries itself with hmac, hashlib and base64, never with the code under
 test nor the standardwebhooks package; the providers' published examples pin the framing."""
@@ -21,7 +23,9 @@ from app.ingress.signatures import (
     HmacOptions,
     SchemeName,
     SignatureRejected,
+    check_headers,
     signature_headers,
+    standard_webhooks_id,
     validate_secret,
     verify,
 )
@@ -66,6 +70,11 @@ READS: dict[SchemeName, list[str]] = {
     "slack": ["X-Slack-Signature", "X-Slack-Request-Timestamp"],
     "hmac-sha256": ["X-Signature"],
 }
+# Svix's names for the Standard Webhooks headers (Svix, Clerk, Resend send these).
+SVIX = {"webhook-id": "svix-id", "webhook-timestamp": "svix-timestamp"}
+SVIX["webhook-signature"] = "svix-signature"
+SVIX_READS = list(SVIX.values())
+SIGNED_HEADERS = {n.lower() for scheme in SCHEMES for n in READS[scheme]} | set(SVIX_READS)
 
 
 def signed(scheme: SchemeName, secret: str, body: bytes = BODY, timestamp: int = NOW) -> Headers:
@@ -108,7 +117,7 @@ class Rejections:
             for fragment in (secret, secret.removeprefix("whsec_")):
                 assert fragment not in reason
         for name, value in headers:
-            if name.lower() in {n.lower() for scheme in SCHEMES for n in READS[scheme]}:
+            if name.lower() in SIGNED_HEADERS:
                 for token in signature_tokens(value):
                     assert token not in reason, (reason, token)
         assert BODY.decode() not in reason
@@ -563,7 +572,12 @@ def test_generic_hmac_refuses_the_wrong_prefix_or_encoding() -> None:
 
 
 def test_signature_headers_name_what_must_never_be_stored() -> None:
-    assert signature_headers("standard-webhooks") == {"webhook-signature", "webhook-timestamp"}
+    assert signature_headers("standard-webhooks") == {
+        "webhook-signature",
+        "webhook-timestamp",
+        "svix-signature",
+        "svix-timestamp",
+    }
     assert signature_headers("stripe") == {"stripe-signature"}
     assert signature_headers("github") == {"x-hub-signature-256", "x-hub-signature"}
     assert signature_headers("shopify") == {"x-shopify-hmac-sha256"}
@@ -689,3 +703,397 @@ def test_no_reason_holds_a_secret_or_a_signature() -> None:
         assert "whsec_" not in reason
     # Every refusal of the whole module went through the same check.
     assert len(REJECTIONS.seen) >= len(reasons)
+
+
+# --- the header precheck, before the body is read ---------------------------------------------
+
+
+def precheck(
+    scheme: SchemeName,
+    headers: Headers,
+    *,
+    now: float = NOW,
+    tolerance: float = TOLERANCE,
+    options: HmacOptions | None = HMAC_OPTIONS,
+) -> None:
+    check_headers(
+        scheme, headers=headers, now=now, tolerance_seconds=tolerance, hmac_options=options
+    )
+
+
+def precheck_refuses(
+    scheme: SchemeName,
+    headers: Headers,
+    *,
+    now: float = NOW,
+    tolerance: float = TOLERANCE,
+    options: HmacOptions | None = HMAC_OPTIONS,
+) -> str:
+    """check_headers' reason, which must be the one verify gives the same delivery."""
+    with pytest.raises(SignatureRejected) as raised:
+        precheck(scheme, headers, now=now, tolerance=tolerance, options=options)
+    reason = raised.value.reason
+    REJECTIONS.check(reason, list(SECRETS[scheme]), headers)
+    assert refuses(scheme, headers, now=now, tolerance=tolerance, options=options) == reason
+    return reason
+
+
+def svix(headers: Headers) -> Headers:
+    """The same delivery under Svix's header names."""
+    return [(SVIX.get(name.lower(), name), value) for name, value in headers]
+
+
+# Every scheme, and Standard Webhooks under Svix's names too: (scheme, headers it reads, signer).
+Signer = Callable[..., Headers]
+NAMINGS: list[tuple[SchemeName, list[str], Signer]] = [
+    *[(scheme, READS[scheme], signed) for scheme in SCHEMES],
+    ("standard-webhooks", SVIX_READS, lambda *a, **k: svix(signed(*a, **k))),
+]
+NAMING_IDS = [f"{scheme}:{reads[0].lower()}" for scheme, reads, _ in NAMINGS]
+EACH_HEADER = [(s, h, sign) for s, reads, sign in NAMINGS for h in reads]
+EACH_HEADER_IDS = [f"{s}:{h.lower()}" for s, h, _ in EACH_HEADER]
+
+
+@pytest.mark.parametrize(("scheme", "reads", "sign"), NAMINGS, ids=NAMING_IDS)
+def test_precheck_passes_a_valid_delivery_without_its_body_or_secrets(
+    scheme: SchemeName, reads: list[str], sign: Signer
+) -> None:
+    old, new = SECRETS[scheme]
+    for secret in (old, new):
+        precheck(scheme, sign(scheme, secret))
+        precheck(scheme, sign(scheme, secret, b"any body at all"))
+    # It cannot tell a stranger's signature from the route's: verify() does, with the body.
+    stranger = whsec(200) if scheme == "standard-webhooks" else "whsec_someone else's secret"
+    precheck(scheme, sign(scheme, stranger))
+    assert "no signature in header" in refuses(scheme, sign(scheme, stranger))
+    precheck(scheme, [(n.upper(), v) for n, v in sign(scheme, old)])
+
+
+@pytest.mark.parametrize(("scheme", "header", "sign"), EACH_HEADER, ids=EACH_HEADER_IDS)
+def test_precheck_refuses_a_missing_header_as_verify_does(
+    scheme: SchemeName, header: str, sign: Signer
+) -> None:
+    headers = [(n, v) for n, v in sign(scheme, SECRETS[scheme][0]) if n != header]
+    assert precheck_refuses(scheme, headers) == f"missing header {header.lower()}"
+
+
+@pytest.mark.parametrize(("scheme", "header", "sign"), EACH_HEADER, ids=EACH_HEADER_IDS)
+def test_precheck_refuses_a_duplicated_header_as_verify_does(
+    scheme: SchemeName, header: str, sign: Signer
+) -> None:
+    old, new = SECRETS[scheme]
+    headers = sign(scheme, old)
+    expected = f"duplicated header {header.lower()}"
+    assert precheck_refuses(scheme, [*headers, (header, value_of(headers, header))]) == expected
+    other = value_of(sign(scheme, new), header)
+    assert precheck_refuses(scheme, [(header.upper(), other), *headers]) == expected
+
+
+def same_verdict(scheme: SchemeName, headers: Headers) -> str | None:
+    """verify refuses; check_headers gives the same reason, or passes when verify's is a
+    signature that does not match (which, but for no digest at all, takes the body to tell)."""
+    reason = refuses(scheme, headers)
+    early = precheck_reason(scheme, headers)
+    if early is None:
+        assert reason.startswith("no signature in header"), reason
+        return None
+    assert early == reason
+    return reason
+
+
+def precheck_reason(scheme: SchemeName, headers: Headers) -> str | None:
+    try:
+        precheck(scheme, headers)
+    except SignatureRejected as rejected:
+        return rejected.reason
+    return None
+
+
+@pytest.mark.parametrize(("scheme", "header", "sign"), EACH_HEADER, ids=EACH_HEADER_IDS)
+def test_precheck_refuses_a_malformed_or_overlong_header_as_verify_does(
+    scheme: SchemeName, header: str, sign: Signer
+) -> None:
+    headers = sign(scheme, SECRETS[scheme][0])
+    value = value_of(headers, header)
+    refused = 0
+    for bad in ("", "garbage", "sha256=zz", "v1,not base64 at all", value[:-2], "msg 1"):
+        refused += same_verdict(scheme, replaced(headers, header, bad)) is not None
+    # An id is any visible ASCII: "garbage" and the like are ids, refused by the signature.
+    assert refused == (3 if header.lower().endswith("-id") else 6)
+    if header.lower().endswith("-id"):
+        bad_id = replaced(headers, header, "msg 1")
+        assert precheck_refuses(scheme, bad_id) == f"malformed header {header.lower()}"
+    long_value = "v" * 5000
+    assert precheck_refuses(scheme, replaced(headers, header, long_value)) == (
+        f"header {header.lower()} is too long"
+    )
+
+
+@pytest.mark.parametrize("naming", ["webhook", "svix"])
+def test_precheck_refuses_signatures_with_no_digest_among_them(naming: str) -> None:
+    rename = svix if naming == "svix" else list
+    no_match = f"no signature in header {naming}-signature matches a secret of the route"
+    for value in ("v1,not base64 at all", "v1," + b64(bytes(31)), f"v1a,{b64(bytes(64))} v1,!!"):
+        assert precheck_refuses("standard-webhooks", rename(with_signature(value))) == no_match
+    digest = "0" * 63
+    stripe = [("Stripe-Signature", f"t={NOW},v1={digest},v1=zz")]
+    assert precheck_refuses("stripe", stripe) == (
+        "no signature in header stripe-signature matches a secret of the route"
+    )
+    # One well-formed digest among them is enough to wait for the body.
+    precheck("standard-webhooks", rename(with_signature(f"v1,!! {entry(whsec(9))}")))
+    precheck("stripe", [("Stripe-Signature", f"t={NOW},v1=zz,v1={'0' * 64}")])
+
+
+def test_precheck_names_the_digest_encoding_it_needs() -> None:
+    digest = mac(SECRETS["github"][0].encode(), BODY)
+    assert "hex" in precheck_refuses("github", [("X-Hub-Signature-256", "sha256=" + b64(digest))])
+    assert "not sha256=" in precheck_refuses("github", [("X-Hub-Signature-256", digest.hex())])
+    assert "base64" in precheck_refuses("shopify", [("X-Shopify-Hmac-Sha256", digest.hex())])
+    assert "not v0=" in precheck_refuses(
+        "slack", replaced(signed("slack", SECRETS["slack"][0]), "X-Slack-Signature", digest.hex())
+    )
+    base64_options = HmacOptions("X-Signature", encoding="base64")
+    assert "base64" in precheck_refuses(
+        "hmac-sha256", [("X-Signature", digest.hex())], options=base64_options
+    )
+    assert "prefix" in precheck_refuses("hmac-sha256", [("X-Signature", digest.hex())])
+    assert "(needs exactly one t=)" in precheck_refuses(
+        "stripe", [("Stripe-Signature", f"t={NOW},t={NOW},v1={digest.hex()}")]
+    )
+    assert "no v1 signature" in precheck_refuses(
+        "stripe", [("Stripe-Signature", f"t={NOW},v0={digest.hex()}")]
+    )
+
+
+@pytest.mark.parametrize(
+    ("scheme", "reads", "sign"),
+    [n for n in NAMINGS if n[0] in TIMESTAMPED],
+    ids=[i for n, i in zip(NAMINGS, NAMING_IDS, strict=True) if n[0] in TIMESTAMPED],
+)
+def test_precheck_refuses_stale_and_future_timestamps_as_verify_does(
+    scheme: SchemeName, reads: list[str], sign: Signer
+) -> None:
+    old = SECRETS[scheme][0]
+    where = "stripe-signature t=" if scheme == "stripe" else reads[-1 if scheme == "slack" else 1]
+    stale = precheck_refuses(scheme, sign(scheme, old, timestamp=NOW - TOLERANCE - 1))
+    assert stale == f"stale timestamp in {where.lower()} (older than the tolerance)"
+    future = precheck_refuses(scheme, sign(scheme, old, timestamp=NOW + TOLERANCE + 1))
+    assert future == f"timestamp in {where.lower()} is in the future (beyond the tolerance)"
+    for offset in (-TOLERANCE, 0, TOLERANCE):
+        precheck(scheme, sign(scheme, old, timestamp=NOW + offset))
+    assert "stale" in precheck_refuses(scheme, sign(scheme, old), now=NOW + 1.001, tolerance=1)
+    precheck(scheme, sign(scheme, old, timestamp=NOW - 86_400), tolerance=86_400)
+    for text in ("1700000000.0", "1.7e9", "nan", "-1", "01700000000", "1700000000000", ""):
+        if scheme == "stripe":
+            headers = [("Stripe-Signature", f"t={text},v1=" + "0" * 64)]
+        else:
+            headers = replaced(sign(scheme, old), where, text)
+        assert precheck_refuses(scheme, headers) == f"malformed timestamp in {where.lower()}"
+
+
+@pytest.mark.parametrize("naming", ["webhook", "svix"])
+def test_precheck_refuses_a_timestamp_beyond_what_a_date_holds(naming: str) -> None:
+    # Within a (huge) tolerance, but past the year 9999: the package could not sign it.
+    headers = signed("standard-webhooks", SECRETS["standard-webhooks"][0], timestamp=999999999999)
+    headers = svix(headers) if naming == "svix" else headers
+    reason = precheck_refuses("standard-webhooks", headers, tolerance=10**13)
+    assert reason == f"malformed header {naming}-timestamp"
+
+
+@pytest.mark.parametrize("naming", ["webhook", "svix"])
+def test_precheck_caps_standard_webhooks_signatures_as_verify_does(naming: str) -> None:
+    old = SECRETS["standard-webhooks"][0]
+    rename = svix if naming == "svix" else list
+    strangers = [entry(whsec(seed)) for seed in range(50, 50 + MAX_SIGNATURES)]
+    precheck("standard-webhooks", rename(with_signature(" ".join(strangers))))
+    too_many = rename(with_signature(" ".join([*strangers, entry(old)])))
+    assert precheck_refuses("standard-webhooks", too_many) == (
+        f"more than {MAX_SIGNATURES} signatures in header {naming}-signature"
+    )
+    v1a_only = rename(with_signature("v1a," + b64(bytes(64))))
+    assert precheck_refuses("standard-webhooks", v1a_only) == (
+        f"no v1 signature in header {naming}-signature"
+    )
+
+
+def test_precheck_caps_stripe_signatures_as_verify_does() -> None:
+    strangers = [f"v1={stripe_v1(f'whsec_{n}')}" for n in range(MAX_SIGNATURES)]
+    precheck("stripe", [("Stripe-Signature", ",".join([f"t={NOW}", *strangers]))])
+    header = ",".join([f"t={NOW}", *strangers, f"v1={stripe_v1(SECRETS['stripe'][0])}"])
+    assert precheck_refuses("stripe", [("Stripe-Signature", header)]) == (
+        f"more than {MAX_SIGNATURES} signatures in header stripe-signature"
+    )
+
+
+def test_precheck_refuses_what_verify_refuses_unless_it_takes_the_body_or_secrets() -> None:
+    """Over every refusal this file provokes: verify's reason is check_headers' reason, except
+    for a signature that does not match, which only the body and the secrets can tell."""
+    refusals = [*every_refusal(), *svix_refusals()]
+    mismatches = 0
+    for scheme, headers, change in refusals:
+        if change:  # another body or other secrets: the headers themselves are fine
+            precheck(scheme, headers)
+            continue
+        mismatches += same_verdict(scheme, headers) is None
+    assert 0 < mismatches < len(refusals) / 4
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"tolerance_seconds": -1}, "tolerance"),
+        ({"tolerance_seconds": float("inf")}, "tolerance"),
+        ({"now": float("nan")}, "now"),
+        ({"scheme": "hmac-sha256", "hmac_options": None}, "HmacOptions"),
+        ({"scheme": "md5"}, "unknown"),
+    ],
+)
+def test_precheck_a_wrong_configuration_is_a_value_error(
+    change: dict[str, object], message: str
+) -> None:
+    arguments: dict[str, object] = {
+        "scheme": "github",
+        "headers": signed("github", SECRETS["github"][0]),
+        "now": NOW,
+        "tolerance_seconds": TOLERANCE,
+        "hmac_options": None,
+    } | change
+    scheme = arguments.pop("scheme")
+    with pytest.raises(ValueError, match=message):
+        check_headers(scheme, **arguments)  # type: ignore[arg-type]
+
+
+# --- Standard Webhooks under Svix's names -----------------------------------------------------
+
+PUBLISHED_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+PUBLISHED_BODY = b'{"test": 2432232314}'
+PUBLISHED = [
+    ("svix-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+    ("svix-timestamp", "1614265330"),
+    ("svix-signature", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="),
+]
+
+
+def test_standard_webhooks_published_vector_under_svix_names() -> None:
+    # The same reference vector as test_standard_webhooks_published_vector, as Svix sends it.
+    sw = "standard-webhooks"
+    at = 1614265330
+    accepts(sw, PUBLISHED, secrets=[PUBLISHED_SECRET], body=PUBLISHED_BODY, now=at)
+    precheck(sw, PUBLISHED, now=at)
+    reason = refuses(sw, PUBLISHED, secrets=[PUBLISHED_SECRET], body=PUBLISHED_BODY[:-1], now=at)
+    assert reason == "no signature in header svix-signature matches a secret of the route"
+    key = base64.b64decode(PUBLISHED_SECRET.removeprefix("whsec_"))
+    content = b"msg_p5jXN8AQM9LWM0D4loKWxJek.1614265330." + PUBLISHED_BODY
+    assert "v1," + b64(mac(key, content)) == PUBLISHED[2][1]
+    stale = refuses(sw, PUBLISHED, secrets=[PUBLISHED_SECRET], body=PUBLISHED_BODY, now=at + 301)
+    assert stale == "stale timestamp in svix-timestamp (older than the tolerance)"
+
+
+def test_svix_names_in_any_case_with_rotation_tampering_and_the_signed_id() -> None:
+    sw: SchemeName = "standard-webhooks"
+    old, new = SECRETS[sw]
+    headers = svix(signed(sw, old))
+    for secrets in ([old], [new, old]):
+        accepts(sw, headers, secrets=secrets)
+        accepts(sw, [(n.upper(), v) for n, v in headers], secrets=secrets)
+    assert refuses(sw, headers, secrets=[new]) == (
+        "no signature in header svix-signature matches a secret of the route"
+    )
+    refuses(sw, headers, body=BODY + b" ")
+    refuses(sw, replaced(headers, "svix-id", "msg_other"))
+    refuses(sw, replaced(headers, "svix-timestamp", str(NOW + 1)))
+    several = f"{entry(whsec(77))} v1a,{b64(bytes(64))} {entry(new)}"
+    accepts(sw, replaced(headers, "svix-signature", several), secrets=[new])
+    for msg_id in ("", "msg 1", "msg_é", "m" * 257):
+        reason = precheck_refuses(sw, replaced(headers, "svix-id", msg_id))
+        assert reason == "malformed header svix-id"
+
+
+def test_both_header_families_are_ambiguous_even_when_both_verify() -> None:
+    sw: SchemeName = "standard-webhooks"
+    old, new = SECRETS[sw]
+    expected = "ambiguous: both webhook-* and svix-* headers sent"
+    assert precheck_refuses(sw, [*signed(sw, old), *svix(signed(sw, old))]) == expected
+    assert precheck_refuses(sw, [*svix(signed(sw, new)), *signed(sw, old)]) == expected
+    assert refuses(sw, [*signed(sw, old), *svix(signed(sw, old))], secrets=[old]) == expected
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["webhook-id", "svix-timestamp", "svix-signature"],
+        ["svix-id", "webhook-timestamp", "webhook-signature"],
+        ["webhook-id", "webhook-timestamp", "svix-signature"],
+        ["webhook-id", "svix-signature"],
+        ["webhook-id", "webhook-timestamp", "webhook-signature", "svix-id"],
+        ["svix-id", "svix-timestamp", "svix-signature", "webhook-signature"],
+    ],
+)
+def test_a_mix_of_header_families_is_refused(names: list[str]) -> None:
+    sw: SchemeName = "standard-webhooks"
+    values = {n: v for n, v in signed(sw, SECRETS[sw][0])} | {
+        n: v for n, v in svix(signed(sw, SECRETS[sw][0]))
+    }
+    headers = [(name, values[name]) for name in names]
+    assert precheck_refuses(sw, headers) == "mixed webhook-* and svix-* headers"
+
+
+def test_no_standard_webhooks_header_at_all_is_missing_the_specs_id() -> None:
+    assert precheck_refuses("standard-webhooks", [("Content-Type", "application/json")]) == (
+        "missing header webhook-id"
+    )
+
+
+def svix_refusals() -> Iterator[tuple[SchemeName, Headers, dict[str, object]]]:
+    """every_refusal()'s kinds for Standard Webhooks under Svix's names."""
+    sw: SchemeName = "standard-webhooks"
+    for scheme, headers, change in every_refusal():
+        if scheme == sw:
+            yield sw, svix(headers), change
+    yield sw, [*signed(sw, SECRETS[sw][0]), *svix(signed(sw, SECRETS[sw][0]))], {}
+    yield sw, [("webhook-id", MSG_ID), *svix(signed(sw, SECRETS[sw][0]))[2:]], {}
+
+
+def test_svix_reasons_name_the_header_used_and_hold_no_secret_or_signature() -> None:
+    reasons = set()
+    for scheme, headers, change in svix_refusals():
+        reasons.add(refuses(scheme, headers, **change))  # type: ignore[arg-type]
+    assert len(reasons) >= 8
+    for reason in reasons:
+        assert "svix-" in reason, reason
+        assert "webhook-" not in reason or "svix-*" in reason, reason
+
+
+def test_signature_headers_strip_both_namings_but_keep_the_ids() -> None:
+    stripped = signature_headers("standard-webhooks")
+    assert {
+        "svix-signature",
+        "svix-timestamp",
+        "webhook-signature",
+        "webhook-timestamp",
+    } <= stripped
+    assert not {"svix-id", "webhook-id"} & stripped
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([("webhook-id", MSG_ID)], MSG_ID),
+        ([("svix-id", MSG_ID)], MSG_ID),
+        ([("Svix-Id", f" {MSG_ID}\t")], MSG_ID),
+        ([("WEBHOOK-ID", "msg_1"), ("svix-timestamp", str(NOW))], "msg_1"),
+        (signed("standard-webhooks", whsec(1)), MSG_ID),
+        (svix(signed("standard-webhooks", whsec(1))), MSG_ID),
+        ([], None),
+        ([("x-webhook-id", MSG_ID), ("svix-ids", MSG_ID)], None),
+        ([("webhook-id", MSG_ID), ("svix-id", MSG_ID)], None),
+        ([("svix-id", "msg_1"), ("webhook-id", "msg_2")], None),
+        ([("webhook-id", MSG_ID), ("Webhook-Id", MSG_ID)], None),
+        ([("svix-id", "msg_1"), ("svix-id", "msg_2")], None),
+    ],
+)
+def test_standard_webhooks_id_reads_either_naming_once(
+    headers: Headers, expected: str | None
+) -> None:
+    assert standard_webhooks_id(headers) == expected
