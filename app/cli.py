@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,7 +24,7 @@ from app.ingress.service import resolve_tenants
 from app.logs import log_config
 from app.server import BoundedHttpToolsProtocol
 from app.tenants import repo as tenants_repo
-from app.tenants.service import create_key
+from app.tenants.service import create_key, rotate_key
 from app.tenants.signing import new_signing_secret
 
 DEFAULT_TENANT = "default"
@@ -64,7 +65,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     create = keys.add_parser("create", help="create an API key (printed once)")
     create.add_argument("--tenant", required=True)
+    create.add_argument(
+        "--read-only", action="store_true", help="status and list only: no triggers, no retries"
+    )
     create.set_defaults(handler=_keys_create)
+    rotate = keys.add_parser(
+        "rotate", help="replace an API key: a new one now, the old one working for an overlap"
+    )
+    rotate.add_argument("prefix")
+    rotate.add_argument(
+        "--overlap-seconds",
+        type=float,
+        default=86400.0,
+        help="how long the old key keeps working (default: a day; 0: not at all)",
+    )
+    rotate.set_defaults(handler=_keys_rotate)
     keys.add_parser("list", help="list API keys (prefixes only)").set_defaults(handler=_keys_list)
     revoke = keys.add_parser("revoke", help="revoke an API key by its prefix")
     revoke.add_argument("prefix")
@@ -198,7 +213,7 @@ def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
     new_key = _run(
         _with_admin(
             database_url(settings),
-            lambda conn: create_key(conn, tenant_name=args.tenant),
+            lambda conn: create_key(conn, tenant_name=args.tenant, read_only=args.read_only),
             settings,
         )
     )
@@ -207,19 +222,56 @@ def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
-    keys = _run(_with_admin(database_url(settings), tenants_repo.list_keys, settings))
-    print(f"{'prefix':<14}{'tenant':<24}{'created':<27}revoked")
-    for key in keys:
-        revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "-"
-        print(
-            f"{key.prefix:<14}{key.tenant:<24}{key.created_at.isoformat(timespec='seconds'):<27}{revoked}"
+def _keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    prefix = _prefix_of(args.prefix)
+    secret = _run(
+        _with_admin(
+            database_url(settings),
+            lambda conn: rotate_key(conn, prefix=prefix, overlap_seconds=args.overlap_seconds),
+            settings,
         )
+    )
+    print(secret)
+    print(
+        f"Store it now: it is not shown again. {prefix} works for {args.overlap_seconds:g} s more.",
+        file=sys.stderr,
+    )
     return 0
 
 
+def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    keys = _run(_with_admin(database_url(settings), tenants_repo.list_keys, settings))
+    columns = ("prefix", "tenant", "rights", "created", "last used", "revoked", "expires")
+    widths = (14, 24, 8, 27, 27, 27)
+    print(
+        "".join(f"{name:<{width}}" for name, width in zip(columns, widths, strict=False))
+        + columns[-1]
+    )
+    for key in keys:
+        values = (
+            key.prefix,
+            key.tenant,
+            "read" if key.read_only else "write",
+            _when(key.created_at),
+            _when(key.last_used_at),
+            _when(key.revoked_at),
+        )
+        line = "".join(f"{value:<{width}}" for value, width in zip(values, widths, strict=True))
+        print(line + _when(key.expires_at))
+    return 0
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment else "-"
+
+
+def _prefix_of(key_or_prefix: str) -> str:
+    """The public prefix, given it or the whole key."""
+    return key_or_prefix.removeprefix("n8ng_").split("_")[0]
+
+
 def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    prefix = args.prefix.removeprefix("n8ng_").split("_")[0]
+    prefix = _prefix_of(args.prefix)
     revoked = _run(
         _with_admin(
             database_url(settings),

@@ -41,9 +41,22 @@ async def get_tenant(
     authorization: Annotated[str | None, Header()] = None,
     n8n_gate_key: Annotated[str | None, Header()] = None,
 ) -> Tenant:
+    """The caller's tenant, for reading."""
     return await services.authenticator.authenticate(
-        authorization=authorization, gate_key=n8n_gate_key
+        authorization=authorization, gate_key=n8n_gate_key, access="read"
+    )
+
+
+async def get_writing_tenant(
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header()] = None,
+    n8n_gate_key: Annotated[str | None, Header()] = None,
+) -> Tenant:
+    """The caller's tenant, for a change (403 for a read-only key)."""
+    return await services.authenticator.authenticate(
+        authorization=authorization, gate_key=n8n_gate_key, access="write"
     )
 
 
 CurrentTenant = Annotated[Tenant, Depends(get_tenant)]
+WritingTenant = Annotated[Tenant, Depends(get_writing_tenant)]

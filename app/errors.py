@@ -119,6 +119,12 @@ class SignatureInvalid(GateError):
     title = "The delivery's signature does not verify"
 
 
+class ReadOnlyKey(GateError):
+    status_code = 403
+    slug = "read-only-key"
+    title = "This API key may only read"
+
+
 class NotFound(GateError):
     status_code = 404
     slug = "not-found"

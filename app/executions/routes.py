@@ -10,12 +10,13 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from app.deps import CurrentTenant, ServicesDep
+from app.deps import CurrentTenant, ServicesDep, WritingTenant
 from app.errors import (
     DatabaseUnavailable,
     ExecutionNotFound,
     InvalidRequest,
     NotRetryable,
+    ReadOnlyKey,
     Unauthorized,
 )
 from app.executions.schemas import (
@@ -42,10 +43,10 @@ _API_ERRORS = (InvalidRequest, Unauthorized, DatabaseUnavailable)
     "/v1/executions/retry",
     response_model=RetryResult,
     tags=["executions"],
-    responses=documented(*_API_ERRORS),
+    responses=documented(*_API_ERRORS, ReadOnlyKey),
 )
 async def retry_failed_executions(
-    selection: RetryFilter, services: ServicesDep, tenant: CurrentTenant
+    selection: RetryFilter, services: ServicesDep, tenant: WritingTenant
 ) -> RetryResult:
     """Put failed async executions that match back in the delivery queue (a bounded batch)."""
     keys = await services.executions.retry_failed(
@@ -62,10 +63,10 @@ async def retry_failed_executions(
     response_model=Execution,
     status_code=202,
     tags=["executions"],
-    responses=documented(*_API_ERRORS, ExecutionNotFound, NotRetryable),
+    responses=documented(*_API_ERRORS, ReadOnlyKey, ExecutionNotFound, NotRetryable),
 )
 async def retry_execution(
-    key: str, response: Response, services: ServicesDep, tenant: CurrentTenant
+    key: str, response: Response, services: ServicesDep, tenant: WritingTenant
 ) -> Execution:
     """Put one failed async execution back in the delivery queue."""
     detail = await services.executions.retry(tenant=tenant, key=key)

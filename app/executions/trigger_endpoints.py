@@ -38,6 +38,7 @@ from app.errors import (
     NotFound,
     OutcomeUnknown,
     PayloadTooLarge,
+    ReadOnlyKey,
     RequestTimeout,
     Unauthorized,
 )
@@ -108,6 +109,7 @@ async def _trigger(request: Request, *, mode: Mode) -> Response:
     tenant = await services.authenticator.authenticate(
         authorization=request.headers.get("authorization"),
         gate_key=request.headers.get(GATE_KEY_HEADER),
+        access="write",
     )
     workflow_path, forwarded_path = parse_webhook_path(_path_after(request, mode=mode))
     key = parse_idempotency_key(request.headers.getlist("idempotency-key"))
@@ -183,6 +185,7 @@ def _applied_preferences(preferences: dict[str, str], *, max_wait: int) -> dict[
 # so every other route is matched before them.
 
 _TRIGGER_ERRORS = (
+    ReadOnlyKey,
     MissingIdempotencyKey,
     InvalidIdempotencyKey,
     InvalidWebhookPath,

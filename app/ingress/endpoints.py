@@ -79,6 +79,9 @@ async def _deliver(request: Request) -> Response:
         )
     services = await get_services(request)
     served = _served_route(request, services.ingress)
+    assert services.ingress is not None  # _served_route found the route
+    # Before the body is read: a sender without a plausible signature holds no memory.
+    services.ingress.check_headers(served, request.headers.items())
     holding = services.budget.holding()  # the body's bytes, until the gateway is done with it
     key: str | None = None
     try:
@@ -93,7 +96,6 @@ async def _deliver(request: Request) -> Response:
                 within=services.settings.body_timeout_seconds,
             ),
         )
-        assert services.ingress is not None  # _served_route found the route
         services.ingress.verify(served, delivery)
         challenge = services.ingress.handshake(served, delivery)
         if challenge is not None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import jsonpointer
 
+from app.ingress.signatures import standard_webhooks_id
+
 # Header names as RFC 9110 spells tokens.
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]+$")
@@ -34,12 +36,20 @@ class JsonPointerKey:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageIdKey:
+    """Standard Webhooks' message id, under either naming (webhook-id, or Svix's svix-id)."""
+
+    def __str__(self) -> str:
+        return "header webhook-id (or svix-id)"
+
+
+@dataclass(frozen=True, slots=True)
 class BodyHashKey:
     def __str__(self) -> str:
         return "the body's SHA-256"
 
 
-KeySource = HeaderKey | JsonPointerKey | BodyHashKey
+KeySource = HeaderKey | JsonPointerKey | MessageIdKey | BodyHashKey
 
 
 class DeliveryKeyMissing(Exception):
@@ -51,10 +61,13 @@ class DeliveryKeyMissing(Exception):
 
 
 def parse_key_source(text: str) -> KeySource:
-    """`header:<name>`, `json:<pointer>` or `body-sha256`; ValueError says what is wrong."""
+    """`header:<name>`, `json:<pointer>`, `body-sha256` or `standard-webhooks-id`; ValueError
+    says what is wrong."""
     kind, _, value = text.partition(":")
     if text == "body-sha256":
         return BodyHashKey()
+    if text == "standard-webhooks-id":
+        return MessageIdKey()
     if kind == "header" and _TOKEN.fullmatch(value):
         return HeaderKey(value.lower())
     if kind == "json":
@@ -65,7 +78,8 @@ def parse_key_source(text: str) -> KeySource:
         if value:
             return JsonPointerKey(value)
     raise ValueError(
-        "must be 'header:<Header-Name>', 'json:<JSON Pointer such as /id>' or 'body-sha256'"
+        "must be 'header:<Header-Name>', 'json:<JSON Pointer such as /id>', 'body-sha256' "
+        "or 'standard-webhooks-id'"
     )
 
 
@@ -76,9 +90,12 @@ def delivery_key(
     else `sha256:<hex>` of what was sent (a key never varies with how it is stored)."""
     if isinstance(source, BodyHashKey):
         return f"sha256:{hashlib.sha256(body).hexdigest()}"
-    sent = (
-        _from_header(source, headers) if isinstance(source, HeaderKey) else _from_body(source, body)
-    )
+    if isinstance(source, HeaderKey):
+        sent = _from_header(source, headers)
+    elif isinstance(source, MessageIdKey):
+        sent = _message_id(headers)
+    else:
+        sent = _from_body(source, body)
     if not sent:
         raise DeliveryKeyMissing(f"the delivery's key ({source}) is empty")
     if len(sent) <= max_length and _PRINTABLE_ASCII.fullmatch(sent):
@@ -93,6 +110,13 @@ def _from_header(source: HeaderKey, headers: Sequence[tuple[str, str]]) -> str:
     if len(values) > 1:
         raise DeliveryKeyMissing(f"{source.name} sent {len(values)} times")
     return values[0].strip(" \t")
+
+
+def _message_id(headers: Sequence[tuple[str, str]]) -> str:
+    sent = standard_webhooks_id(headers)
+    if sent is None:
+        raise DeliveryKeyMissing("no single webhook-id (or svix-id) header")
+    return sent
 
 
 def _from_body(source: JsonPointerKey, body: bytes) -> str:

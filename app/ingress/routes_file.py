@@ -47,7 +47,7 @@ PRESETS: dict[Provider, Preset] = {
     # X-Shopify-Webhook-Id.
     "shopify": Preset("shopify", "header:X-Shopify-Event-Id"),
     "slack": Preset("slack", "json:/event_id"),
-    "standard-webhooks": Preset("standard-webhooks", "header:webhook-id"),
+    "standard-webhooks": Preset("standard-webhooks", "standard-webhooks-id"),
     "hmac-sha256": Preset("hmac-sha256", None),
 }
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from app import db
@@ -99,19 +100,40 @@ class Ingress:
             raise RouteNotFound(f"No route {name!r} in GATE_ROUTES_FILE.")
         return served
 
+    def check_headers(self, served: ServedRoute, headers: Sequence[tuple[str, str]]) -> None:
+        """Raises SignatureInvalid (401) for a delivery whose signature headers cannot verify,
+        whatever its body: checked before the body is read."""
+        route = served.route
+        with self._refused(route):
+            signatures.check_headers(
+                route.scheme,
+                headers=headers,
+                now=self._clock(),
+                tolerance_seconds=self._tolerance(route),
+                hmac_options=route.hmac_options,
+            )
+
     def verify(self, served: ServedRoute, delivery: Delivery) -> None:
         """Raises SignatureInvalid (401) unless one of the route's secrets signed the delivery."""
         route = served.route
-        try:
+        with self._refused(route):
             signatures.verify(
                 route.scheme,
                 secrets=route.secrets,
                 headers=delivery.headers,
                 body=delivery.body,
                 now=self._clock(),
-                tolerance_seconds=route.tolerance_seconds or self._tolerance_seconds,
+                tolerance_seconds=self._tolerance(route),
                 hmac_options=route.hmac_options,
             )
+
+    def _tolerance(self, route: IngressRoute) -> float:
+        return route.tolerance_seconds or self._tolerance_seconds
+
+    @contextmanager
+    def _refused(self, route: IngressRoute) -> Iterator[None]:
+        try:
+            yield
         except signatures.SignatureRejected as rejected:
             logger.warning(
                 "delivery refused: route=%s scheme=%s reason=%s",

@@ -47,7 +47,13 @@ CREATE TABLE api_keys (
     prefix      text NOT NULL UNIQUE,
     key_hash    bytea NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    revoked_at  timestamptz
+    revoked_at  timestamptz,
+    -- Status and list only: no triggers, no retries.
+    read_only   boolean NOT NULL DEFAULT false,
+    -- A key rotated out (`n8n-gate keys rotate`) works until then.
+    expires_at  timestamptz,
+    -- Written by api_key_lookup at most once a minute, not once per request.
+    last_used_at timestamptz
 );
 
 -- One row per (tenant, idempotency key): whoever inserts it runs the workflow. Its status goes

@@ -16,15 +16,24 @@
 -- ==============================================================================================
 
 -- The service role has no grants on tenants and api_keys: it authenticates through this one
--- function, which runs as the owner and returns a live key's hash and tenant by its public
--- prefix.
+-- function, which runs as the owner and returns a live key's hash, tenant and rights by its
+-- public prefix. It notes when the key was last used, at most once a minute: a lookup happens
+-- only when a process has not verified the key recently (GATE_AUTH_CACHE_SECONDS).
 CREATE OR REPLACE FUNCTION api_key_lookup(key_prefix text)
-RETURNS TABLE (tenant_id uuid, tenant_name text, key_hash bytea)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
+RETURNS TABLE (tenant_id uuid, tenant_name text, key_hash bytea, read_only boolean)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
 AS $$
-    SELECT k.tenant_id, t.name, k.key_hash
-    FROM public.api_keys k JOIN public.tenants t ON t.id = k.tenant_id
+BEGIN
+    UPDATE public.api_keys k SET last_used_at = now()
     WHERE k.prefix = key_prefix AND k.revoked_at IS NULL
+      AND (k.expires_at IS NULL OR k.expires_at > now())
+      AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute');
+    RETURN QUERY
+        SELECT k.tenant_id, t.name, k.key_hash, k.read_only
+        FROM public.api_keys k JOIN public.tenants t ON t.id = k.tenant_id
+        WHERE k.prefix = key_prefix AND k.revoked_at IS NULL
+          AND (k.expires_at IS NULL OR k.expires_at > now());
+END
 $$;
 
 -- A provider route (GATE_ROUTES_FILE) names its tenant; the gateway resolves the name at start

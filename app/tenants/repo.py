@@ -8,7 +8,7 @@ from uuid import UUID
 
 from app.db import AnyConnection
 
-LOOKUP_KEY = "SELECT tenant_id, tenant_name, key_hash FROM api_key_lookup($1)"
+LOOKUP_KEY = "SELECT tenant_id, tenant_name, key_hash, read_only FROM api_key_lookup($1)"
 LOOKUP_TENANT = "SELECT tenant_lookup($1)"
 SIGNING_SECRETS = "SELECT signing_secrets_of($1, $2) AS secret"
 
@@ -38,10 +38,23 @@ ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
 RETURNING id
 """
 
-INSERT_KEY = "INSERT INTO api_keys (tenant_id, prefix, key_hash) VALUES ($1, $2, $3)"
+INSERT_KEY = """
+INSERT INTO api_keys (tenant_id, prefix, key_hash, read_only) VALUES ($1, $2, $3, $4)
+"""
+
+# The key to rotate out: it keeps working for the overlap (or less, if it expires sooner).
+ROTATE_OUT_KEY = """
+UPDATE api_keys SET expires_at = CASE
+    WHEN expires_at < now() + make_interval(secs => $2) THEN expires_at
+    ELSE now() + make_interval(secs => $2)
+END
+WHERE prefix = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+RETURNING tenant_id, read_only
+"""
 
 LIST_KEYS = """
-SELECT k.prefix, t.name AS tenant, k.created_at, k.revoked_at
+SELECT k.prefix, t.name AS tenant, k.created_at, k.revoked_at, k.read_only, k.expires_at,
+       k.last_used_at
 FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
 ORDER BY k.created_at, k.id
 """
@@ -60,6 +73,7 @@ class StoredKey:
     tenant_id: UUID
     tenant_name: str
     key_hash: bytes
+    read_only: bool
 
 
 @dataclass(frozen=True)
@@ -68,15 +82,16 @@ class KeyInfo:
     tenant: str
     created_at: datetime
     revoked_at: datetime | None
+    read_only: bool
+    expires_at: datetime | None
+    last_used_at: datetime | None
 
 
 async def find_key(conn: AnyConnection, *, prefix: str) -> StoredKey | None:
     row = await conn.fetchrow(LOOKUP_KEY, prefix)
     if row is None:
         return None
-    return StoredKey(
-        tenant_id=row["tenant_id"], tenant_name=row["tenant_name"], key_hash=row["key_hash"]
-    )
+    return StoredKey(**dict(row))
 
 
 async def find_tenant_id(conn: AnyConnection, *, name: str) -> UUID | None:
@@ -115,8 +130,18 @@ async def upsert_tenant(conn: AnyConnection, *, name: str) -> UUID:
     return tenant_id
 
 
-async def insert_key(conn: AnyConnection, *, tenant_id: UUID, prefix: str, key_hash: bytes) -> None:
-    await conn.execute(INSERT_KEY, tenant_id, prefix, key_hash)
+async def insert_key(
+    conn: AnyConnection, *, tenant_id: UUID, prefix: str, key_hash: bytes, read_only: bool
+) -> None:
+    await conn.execute(INSERT_KEY, tenant_id, prefix, key_hash, read_only)
+
+
+async def rotate_out_key(
+    conn: AnyConnection, *, prefix: str, overlap_seconds: float
+) -> tuple[UUID, bool] | None:
+    """The rotated key's tenant and rights, once it is set to expire; None if not live."""
+    row = await conn.fetchrow(ROTATE_OUT_KEY, prefix, overlap_seconds)
+    return None if row is None else (row["tenant_id"], row["read_only"])
 
 
 async def list_keys(conn: AnyConnection) -> list[KeyInfo]:

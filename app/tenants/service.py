@@ -8,17 +8,27 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import asyncpg
 
 from app import db
-from app.errors import InvalidRequest, Unauthorized
+from app.errors import InvalidRequest, ReadOnlyKey, Unauthorized
 from app.tenants import repo
 from app.tenants.tenant import Tenant
 
 KEY_PREFIX = "n8ng"
 KEY_PATTERN = re.compile(r"^n8ng_([0-9a-f]{12})_[A-Za-z0-9_-]{32,64}$")
 TENANT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+Access = Literal["read", "write"]
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant: Tenant
+    read_only: bool
 
 
 @dataclass(frozen=True)
@@ -37,7 +47,9 @@ def mint_key() -> tuple[str, str]:
     return prefix, f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
 
 
-async def create_key(conn: asyncpg.Connection, *, tenant_name: str) -> NewKey:
+async def create_key(
+    conn: asyncpg.Connection, *, tenant_name: str, read_only: bool = False
+) -> NewKey:
     if not TENANT_NAME_PATTERN.fullmatch(tenant_name):
         raise InvalidRequest(
             "Tenant names are 1-64 characters: letters, digits, '.', '_' or '-', "
@@ -46,8 +58,33 @@ async def create_key(conn: asyncpg.Connection, *, tenant_name: str) -> NewKey:
     prefix, secret = mint_key()
     async with conn.transaction():
         tenant_id = await repo.upsert_tenant(conn, name=tenant_name)
-        await repo.insert_key(conn, tenant_id=tenant_id, prefix=prefix, key_hash=hash_key(secret))
+        await repo.insert_key(
+            conn,
+            tenant_id=tenant_id,
+            prefix=prefix,
+            key_hash=hash_key(secret),
+            read_only=read_only,
+        )
     return NewKey(tenant=Tenant(id=tenant_id, name=tenant_name), prefix=prefix, secret=secret)
+
+
+async def rotate_key(conn: asyncpg.Connection, *, prefix: str, overlap_seconds: float) -> str:
+    """A new key for the tenant of `prefix`, with its rights; the old one works for
+    `overlap_seconds` more. Returns the new key (shown once)."""
+    new_prefix, secret = mint_key()
+    async with conn.transaction():
+        rotated = await repo.rotate_out_key(conn, prefix=prefix, overlap_seconds=overlap_seconds)
+        if rotated is None:
+            raise InvalidRequest(f"No live API key with prefix {prefix!r}.")
+        tenant_id, read_only = rotated
+        await repo.insert_key(
+            conn,
+            tenant_id=tenant_id,
+            prefix=new_prefix,
+            key_hash=hash_key(secret),
+            read_only=read_only,
+        )
+    return secret
 
 
 class Authenticator:
@@ -57,22 +94,30 @@ class Authenticator:
     def __init__(self, pool: db.Pool, *, cache_seconds: float) -> None:
         self._pool = pool
         self._cache_seconds = cache_seconds
-        self._cache: dict[bytes, tuple[Tenant, float]] = {}
+        self._cache: dict[bytes, tuple[Caller, float]] = {}
 
-    async def authenticate(self, *, authorization: str | None, gate_key: str | None) -> Tenant:
+    async def authenticate(
+        self, *, authorization: str | None, gate_key: str | None, access: Access
+    ) -> Tenant:
         """The tenant of the API key in `gate_key` (N8n-Gate-Key) when sent, else in
-        `authorization` (Bearer)."""
+        `authorization` (Bearer); 403 when `access` is "write" and the key is read-only."""
         api_key = _bearer_token(authorization) if gate_key is None else gate_key.strip()
         digest = hash_key(api_key)
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
-        tenant = await self._verify(api_key, digest)
-        if self._cache_seconds > 0:
-            self._remember(digest, tenant)
-        return tenant
+            caller = cached[0]
+        else:
+            caller = await self._verify(api_key, digest)
+            if self._cache_seconds > 0:
+                self._remember(digest, caller)
+        if access == "write" and caller.read_only:
+            raise ReadOnlyKey(
+                "This API key is read-only: it may read executions (status, list) but not "
+                "trigger or retry them. Use a key created without --read-only."
+            )
+        return caller.tenant
 
-    async def _verify(self, api_key: str, digest: bytes) -> Tenant:
+    async def _verify(self, api_key: str, digest: bytes) -> Caller:
         match = KEY_PATTERN.fullmatch(api_key)
         if match is None:
             raise _invalid_key()
@@ -80,12 +125,13 @@ class Authenticator:
             stored = await repo.find_key(conn, prefix=match.group(1))
         if stored is None or not hmac.compare_digest(stored.key_hash, digest):
             raise _invalid_key()
-        return Tenant(id=stored.tenant_id, name=stored.tenant_name)
+        tenant = Tenant(id=stored.tenant_id, name=stored.tenant_name)
+        return Caller(tenant=tenant, read_only=stored.read_only)
 
-    def _remember(self, digest: bytes, tenant: Tenant) -> None:
+    def _remember(self, digest: bytes, caller: Caller) -> None:
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[digest] = (tenant, time.monotonic() + self._cache_seconds)
+        self._cache[digest] = (caller, time.monotonic() + self._cache_seconds)
 
 
 def _bearer_token(authorization: str | None) -> str:
@@ -107,7 +153,7 @@ def _bearer_token(authorization: str | None) -> str:
 
 def _invalid_key() -> Unauthorized:
     return Unauthorized(
-        "The API key is unknown or revoked. Check the key, or create one with "
+        "The API key is unknown, revoked or expired. Check the key, or create one with "
         "'n8n-gate keys create --tenant NAME'.",
         headers={"WWW-Authenticate": 'Bearer realm="n8n-gate", error="invalid_token"'},
     )

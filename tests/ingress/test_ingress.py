@@ -444,3 +444,39 @@ async def test_a_providers_credentials_never_reach_n8n(
         (call,) = n8n.calls_for(f"in:gh:{delivery}")
         assert "authorization" not in call.headers
         assert "n8n-gate-key" not in call.headers
+
+
+async def test_a_delivery_without_a_plausible_signature_is_refused_before_its_body(
+    gateway: GatewayClient,
+) -> None:
+    """Its body is never read, so an unsigned sender cannot hold the gateway's memory."""
+    never = asyncio.Event()
+
+    async def body_that_stalls() -> AsyncIterator[bytes]:
+        yield b'{"id": "evt_stalled", "pad": "'
+        await never.wait()  # the rest never comes
+        yield b'"}'
+
+    headers = {"Content-Length": str(1 << 20), "Content-Type": "application/json"}
+    async with asyncio.timeout(5):
+        answer = await gateway.post(
+            "/in/stripe-orders", content=body_that_stalls(), headers=headers
+        )
+    problem = assert_problem(answer, 401, "signature-invalid")
+    assert "stripe-signature" in problem["detail"]
+
+
+async def test_svix_named_standard_webhooks_are_verified_and_keyed(
+    gateway: GatewayClient, n8n: FakeN8n
+) -> None:
+    message = f"msg_{uuid.uuid4().hex}"
+    body = b'{"type":"user.created"}'
+    headers = {
+        name.replace("webhook-", "svix-"): value
+        for name, value in standard_headers(body, message).items()
+    }
+    answer = await gateway.post("/in/std", content=body, headers=headers)
+    assert answer.status_code == 202, answer.text
+    await until_status(gateway, f"in:std:{message}", "completed")
+    (call,) = n8n.calls_for(f"in:std:{message}")
+    assert "svix-signature" not in call.headers

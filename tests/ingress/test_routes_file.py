@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.ingress.keys import BodyHashKey, HeaderKey, JsonPointerKey
+from app.ingress.keys import BodyHashKey, HeaderKey, JsonPointerKey, MessageIdKey
 from app.ingress.routes_file import RouteEntry, RoutesFileError, load_routes
 
 FIXED_POINT = """
@@ -88,7 +88,7 @@ def test_the_issues_routes_file_works_as_written(tmp_path: Path) -> None:
     )
     assert (standard.scheme, standard.key_source, standard.respond) == (
         "standard-webhooks",
-        HeaderKey("webhook-id"),
+        MessageIdKey(),
         "async",
     )
 
