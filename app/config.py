@@ -292,6 +292,25 @@ class Settings(BaseSettings):
     list_max_limit: int = Field(
         default=200, ge=1, le=10_000, description="Largest page of the list endpoint."
     )
+    rate_limit_per_second: float = Field(
+        default=0.0,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "Triggers and provider deliveries a tenant may send per second, across every "
+            "process (0: no limit); past it, 429 with Retry-After. Costs a database round trip "
+            "per request when on."
+        ),
+    )
+    rate_limit_burst: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "How many requests a tenant may send at once before the rate applies "
+            "(0: one second's worth)."
+        ),
+    )
     routes_file: Path | None = Field(
         default=None,
         description=(

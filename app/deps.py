@@ -13,6 +13,7 @@ from app.executions.retention import Reaper
 from app.executions.service import ExecutionService
 from app.ingress.service import Ingress
 from app.memory import ByteBudget
+from app.tenants.rate_limit import RateLimiter
 from app.tenants.service import Authenticator
 from app.tenants.tenant import Tenant
 
@@ -25,6 +26,7 @@ class Services:
     executions: ExecutionService
     reaper: Reaper
     budget: ByteBudget
+    rate_limiter: RateLimiter
     ingress: Ingress | None = None  # None without GATE_ROUTES_FILE
 
 

@@ -193,6 +193,12 @@ class IdempotencyKeyReused(GateError):
     title = "Idempotency key reused with a different request"
 
 
+class RateLimited(GateError):
+    status_code = 429
+    slug = "rate-limited"
+    title = "Too many requests for this tenant"
+
+
 class InternalError(GateError):
     status_code = 500
     slug = "internal-error"

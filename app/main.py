@@ -34,6 +34,7 @@ from app.ingress.service import Ingress, ServedRoute, serve_routes
 from app.memory import ByteBudget
 from app.migrations import schema_state
 from app.problems import install_handlers
+from app.tenants.rate_limit import RateLimiter
 from app.tenants.service import Authenticator
 from app.tenants.signing import SigningSecrets
 
@@ -102,8 +103,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
                 authenticator = Authenticator(pool, cache_seconds=settings.auth_cache_seconds)
                 ingress = _ingress(served_routes, executions, settings)
+                rate_limiter = RateLimiter(
+                    pool,
+                    per_second=settings.rate_limit_per_second,
+                    burst=settings.rate_limit_burst,
+                )
                 services = Services(
-                    settings, pool, authenticator, executions, reaper, budget, ingress
+                    settings, pool, authenticator, executions, reaper, budget, rate_limiter, ingress
                 )
                 async with workers:
                     _freeze_startup_objects()

@@ -38,6 +38,7 @@ from app.errors import (
     NotFound,
     OutcomeUnknown,
     PayloadTooLarge,
+    RateLimited,
     ReadOnlyKey,
     RequestTimeout,
     Unauthorized,
@@ -111,6 +112,7 @@ async def _trigger(request: Request, *, mode: Mode) -> Response:
         gate_key=request.headers.get(GATE_KEY_HEADER),
         access="write",
     )
+    await services.rate_limiter.take(tenant.id)
     workflow_path, forwarded_path = parse_webhook_path(_path_after(request, mode=mode))
     key = parse_idempotency_key(request.headers.getlist("idempotency-key"))
     preferences = parse_preferences(request.headers.getlist("prefer"))
@@ -186,6 +188,7 @@ def _applied_preferences(preferences: dict[str, str], *, max_wait: int) -> dict[
 
 _TRIGGER_ERRORS = (
     ReadOnlyKey,
+    RateLimited,
     MissingIdempotencyKey,
     InvalidIdempotencyKey,
     InvalidWebhookPath,

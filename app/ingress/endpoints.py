@@ -27,6 +27,7 @@ from app.errors import (
     N8nUnreachable,
     OutcomeUnknown,
     PayloadTooLarge,
+    RateLimited,
     RequestTimeout,
     RouteNotFound,
     SignatureInvalid,
@@ -82,6 +83,7 @@ async def _deliver(request: Request) -> Response:
     assert services.ingress is not None  # _served_route found the route
     # Before the body is read: a sender without a plausible signature holds no memory.
     services.ingress.check_headers(served, request.headers.items())
+    await services.rate_limiter.take(served.tenant.id)
     holding = services.budget.holding()  # the body's bytes, until the gateway is done with it
     key: str | None = None
     try:
@@ -160,6 +162,7 @@ def _trigger_request(
 
 _INGRESS_ERRORS = (
     InvalidRequest,
+    RateLimited,
     MissingDeliveryKey,
     SignatureInvalid,
     RouteNotFound,

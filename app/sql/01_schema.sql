@@ -125,6 +125,15 @@ CREATE TABLE signing_secrets (
 );
 CREATE INDEX signing_secrets_tenant ON signing_secrets (tenant_id);
 
+-- Per-tenant rate limit (GATE_RATE_LIMIT_PER_SECOND): a token bucket each, shared by every
+-- process. UNLOGGED: after a crash the buckets start full, which a limit can afford, and no
+-- trigger pays for a durable write of them.
+CREATE UNLOGGED TABLE rate_buckets (
+    tenant_id   uuid PRIMARY KEY REFERENCES tenants (id) ON DELETE CASCADE,
+    tokens      double precision NOT NULL,
+    updated_at  timestamptz NOT NULL
+);
+
 -- Executions waiting for a delivery worker (Prefer: respond-async): due now, due after a retry
 -- delay, or running (due again when the lease would run out). It holds ids and times only, no
 -- tenant data, so workers can pick across tenants without RLS; everything about the execution
@@ -161,6 +170,7 @@ ALTER TABLE execution_attempts FORCE ROW LEVEL SECURITY;
 ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
 ALTER TABLE api_keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE signing_secrets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE rate_buckets ENABLE ROW LEVEL SECURITY;
 
 -- NULLIF: once a transaction-local setting ends, the setting reads as '' rather than NULL.
 CREATE POLICY executions_tenant_isolation ON executions

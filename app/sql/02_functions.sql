@@ -67,6 +67,33 @@ END
 $$;
 
 
+-- Takes one token from the tenant's bucket (`p_burst` tokens, refilled at `p_rate` a second):
+-- 0 when taken, else the seconds until one will be there. Under the row's lock, so processes
+-- taking at once each see the others' takes.
+CREATE OR REPLACE FUNCTION take_rate_token(p_tenant uuid, p_rate double precision, p_burst integer)
+RETURNS double precision
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    available double precision;
+BEGIN
+    INSERT INTO public.rate_buckets (tenant_id, tokens, updated_at)
+    VALUES (p_tenant, p_burst, clock_timestamp())
+    ON CONFLICT (tenant_id) DO NOTHING;
+    SELECT least(p_burst, b.tokens + extract(epoch FROM clock_timestamp() - b.updated_at) * p_rate)
+    INTO available
+    FROM public.rate_buckets b WHERE b.tenant_id = p_tenant FOR UPDATE;
+    IF available >= 1 THEN
+        UPDATE public.rate_buckets
+        SET tokens = available - 1, updated_at = clock_timestamp()
+        WHERE tenant_id = p_tenant;
+        RETURN 0;
+    END IF;
+    RETURN (1 - available) / p_rate;
+END
+$$;
+
+
 -- ==============================================================================================
 -- Steps the transitions below share. They run as their caller: its role, tenant and search_path.
 -- ==============================================================================================

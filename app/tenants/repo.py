@@ -11,6 +11,7 @@ from app.db import AnyConnection
 LOOKUP_KEY = "SELECT tenant_id, tenant_name, key_hash, read_only FROM api_key_lookup($1)"
 LOOKUP_TENANT = "SELECT tenant_lookup($1)"
 SIGNING_SECRETS = "SELECT signing_secrets_of($1, $2) AS secret"
+TAKE_FROM_RATE_BUCKET = "SELECT take_rate_token($1, $2, $3)"
 
 # Admin statements for `n8n-gate keys signing-secret`.
 LIVE_SIGNING_SECRETS = """
@@ -123,6 +124,14 @@ async def rotate_signing_secret(
     when there is no such tenant."""
     inserted = await conn.fetchval(ROTATE_SIGNING, tenant_name, new, overlap_seconds)
     return inserted is not None
+
+
+async def take_rate_token(
+    conn: AnyConnection, *, tenant_id: UUID, per_second: float, burst: int
+) -> float:
+    """0 when the tenant's bucket gave a token, else the seconds until it will."""
+    wait: float = await conn.fetchval(TAKE_FROM_RATE_BUCKET, tenant_id, per_second, burst)
+    return wait
 
 
 async def upsert_tenant(conn: AnyConnection, *, name: str) -> UUID:

@@ -338,7 +338,7 @@ async def test_the_openapi_schema_documents_the_trigger_paths(client: httpx.Asyn
             assert schema["pattern"] == "^[\\x20-\\x7e]+$"
             assert operation["requestBody"] == {"content": {"*/*": {}}}
             assert sorted(operation["responses"]) == [
-                *("200", "202", "400", "401", "403", "405", "408", "409", "413", "422"),
+                *("200", "202", "400", "401", "403", "405", "408", "409", "413", "422", "429"),
                 *("502", "503", "504"),
             ]
             assert "content" not in operation["responses"]["200"]  # whatever n8n answers
