@@ -83,7 +83,6 @@ async def _deliver(request: Request) -> Response:
     assert services.ingress is not None  # _served_route found the route
     # Before the body is read: a sender without a plausible signature holds no memory.
     services.ingress.check_headers(served, request.headers.items())
-    await services.rate_limiter.take(served.tenant.id)
     holding = services.budget.holding()  # the body's bytes, until the gateway is done with it
     key: str | None = None
     try:
@@ -99,6 +98,8 @@ async def _deliver(request: Request) -> Response:
             ),
         )
         services.ingress.verify(served, delivery)
+        # After the signature: a forger cannot use up the tenant's rate.
+        await services.rate_limiter.take(served.tenant.id)
         challenge = services.ingress.handshake(served, delivery)
         if challenge is not None:
             return JSONResponse({"challenge": challenge})

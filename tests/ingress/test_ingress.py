@@ -480,3 +480,26 @@ async def test_svix_named_standard_webhooks_are_verified_and_keyed(
     await until_status(gateway, f"in:std:{message}", "completed")
     (call,) = n8n.calls_for(f"in:std:{message}")
     assert "svix-signature" not in call.headers
+
+
+async def test_past_the_tenants_rate_a_provider_gets_429_and_forgeries_take_no_tokens(
+    make_client: ClientFactory, tenant: tuple[str, str], tmp_path: Path, n8n: FakeN8n
+) -> None:
+    routes = tmp_path / "routes.toml"
+    routes.write_text(routes_toml(tenant[0]))
+    limit = {"rate_limit_per_second": 0.01, "rate_limit_burst": 2}
+    async with make_client(api_key=tenant[1], routes_file=routes, **limit) as gateway:
+        for _ in range(5):  # forged: refused before the limit is counted
+            body = stripe_event(f"evt_{uuid.uuid4().hex}")
+            forged = stripe_headers(body, secret="whsec_not_this_one")
+            answer = await gateway.post("/in/stripe-orders", content=body, headers=forged)
+            assert_problem(answer, 401, "signature-invalid")
+        answers = []
+        for _ in range(3):
+            body = stripe_event(f"evt_{uuid.uuid4().hex}")
+            answers.append(
+                await gateway.post("/in/stripe-orders", content=body, headers=stripe_headers(body))
+            )
+    assert [answer.status_code for answer in answers[:2]] == [202, 202]
+    assert_problem(answers[2], 429, "rate-limited")
+    assert int(answers[2].headers["retry-after"]) > 0
