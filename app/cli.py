@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -25,6 +26,7 @@ from app.logs import log_config
 from app.server import BoundedHttpToolsProtocol
 from app.tenants import repo as tenants_repo
 from app.tenants.service import create_key, rotate_key
+from app.tenants.signing import CACHE_SECONDS as signing_cache_seconds
 from app.tenants.signing import new_signing_secret
 
 DEFAULT_TENANT = "default"
@@ -75,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("prefix")
     rotate.add_argument(
         "--overlap-seconds",
-        type=float,
+        type=_seconds,
         default=86400.0,
         help="how long the old key keeps working (default: a day; 0: not at all)",
     )
@@ -92,9 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     signing.add_argument("--rotate", action="store_true", help="sign with a new secret")
     signing.add_argument(
         "--overlap-seconds",
-        type=float,
+        type=_seconds,
         default=86400.0,
-        help="how long the previous secret keeps signing beside the new one (default: a day)",
+        help=(
+            "how long the previous secret keeps signing beside the new one (default: a day; "
+            f"at least {signing_cache_seconds:g}, as processes may sign with it that long)"
+        ),
     )
     signing.set_defaults(handler=_keys_signing_secret)
 
@@ -159,9 +164,11 @@ def _keys_signing_secret(args: argparse.Namespace, settings: Settings) -> int:
         if args.rotate:
             await tenants_repo.rotate_signing_secret(
                 conn,
+                tenant_id=tenant_id,
                 tenant_name=args.tenant,
                 new=new_signing_secret(),
-                overlap_seconds=args.overlap_seconds,
+                # A process signs with the secrets it read up to a minute ago.
+                overlap_seconds=max(args.overlap_seconds, signing_cache_seconds),
             )
         else:  # the first is made on first use; made here if asked for before
             await tenants_repo.signing_secrets(conn, tenant_id=tenant_id, new=new_signing_secret())
@@ -175,6 +182,17 @@ def _keys_signing_secret(args: argparse.Namespace, settings: Settings) -> int:
         )
         print(f"{secret.secret}  {until}")
     return 0
+
+
+def _seconds(text: str) -> float:
+    """A duration for argparse: a finite, non-negative number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(seconds) or not 0 <= seconds <= 10 * 365 * 86400:
+        raise argparse.ArgumentTypeError(f"must be 0 to ten years in seconds, not {text!r}")
+    return seconds
 
 
 def _routes_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -233,7 +251,8 @@ def _keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(secret)
     print(
-        f"Store it now: it is not shown again. {prefix} works for {args.overlap_seconds:g} s more.",
+        f"Store it now: it is not shown again. {prefix} works for at most "
+        f"{args.overlap_seconds:g} s more.",
         file=sys.stderr,
     )
     return 0

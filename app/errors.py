@@ -225,6 +225,14 @@ class N8nUnreachable(ForwardFailed):
     title = "n8n could not be reached"
 
 
+class SigningUnavailable(ForwardFailed):
+    """The call could not be signed (the tenant's secrets were out of reach): nothing was sent."""
+
+    status_code = 503
+    slug = "signing-secret-unavailable"
+    title = "The call to n8n could not be signed"
+
+
 class N8nAnswerTooLarge(ForwardFailed):
     """n8n's answer is over the gateway's limit: the workflow ran, and would give the same
     answer again."""

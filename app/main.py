@@ -36,11 +36,10 @@ from app.migrations import schema_state
 from app.problems import install_handlers
 from app.tenants.rate_limit import RateLimiter
 from app.tenants.service import Authenticator
+from app.tenants.signing import CACHE_SECONDS as signing_cache_seconds
 from app.tenants.signing import SigningSecrets
 
 logger = logging.getLogger(__name__)
-# How soon a rotated signing secret reaches every process (`n8n-gate keys signing-secret`).
-SIGNING_CACHE_SECONDS = 60.0
 
 
 class State(TypedDict):
@@ -152,7 +151,7 @@ def _execution_service(
 ) -> ExecutionService:
     writes = ExecutionWrites(pool, settings)
     background = BackgroundWork()
-    signing = SigningSecrets(pool, cache_seconds=SIGNING_CACHE_SECONDS)
+    signing = SigningSecrets(pool, cache_seconds=signing_cache_seconds)
     runner = Runner(
         pool=pool,
         n8n=n8n,

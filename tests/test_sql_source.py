@@ -55,6 +55,8 @@ CATALOG_QUERIES = [
                   n.nspname, c.relname),
            concat_ws(E'\\n', 'owner ' || pg_get_userbyid(c.relowner),
                      'acl ' || coalesce(c.relacl::text, 'default'),
+                     CASE c.relpersistence WHEN 'u' THEN 'unlogged' WHEN 't' THEN 'temporary'
+                                           ELSE 'logged' END,
                      CASE WHEN c.relkind IN ('r', 'p') THEN
                          format('row level security %s, forced %s',
                                 CASE WHEN c.relrowsecurity THEN 'on' ELSE 'off' END,

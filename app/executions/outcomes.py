@@ -54,17 +54,6 @@ def unanswered(error: ForwardFailed) -> Outcome:
     )
 
 
-def unsigned() -> Outcome:
-    """The outcome of an async delivery not sent, as its tenant's signing secrets could not be
-    read (the database was unreachable): nothing reached n8n."""
-    return Outcome(
-        status="failed",
-        error_type="signing-secret-unavailable",
-        error_detail="the database was unreachable, so the call could not be signed; not sent",
-        outcome_unknown=False,
-    )
-
-
 def answered_unusably(error: ForwardFailed, *, body: bytes) -> Outcome:
     """n8n ran the workflow and answered, but unusably (too large, malformed): the gateway's
     problem `body` is the answer, recorded and replayed like any other."""

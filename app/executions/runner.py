@@ -14,7 +14,7 @@ from uuid import UUID
 from app import db
 from app.config import Settings
 from app.delivery.backoff import Backoff
-from app.errors import PROBLEM_CONTENT_TYPE, ForwardFailed, GateError
+from app.errors import PROBLEM_CONTENT_TYPE, ForwardFailed, GateError, SigningUnavailable
 from app.executions import outcomes, repo
 from app.executions.background import BackgroundWork
 from app.executions.batches import ExecutionWrites
@@ -57,7 +57,7 @@ class Runner:
         request: TriggerRequest,
         attempt: repo.AttemptLease,
         *,
-        secrets: Sequence[str],
+        secrets: Sequence[str] | None,
     ) -> asyncio.Task[GatewayAnswer]:
         """Run a claimed attempt in a task of its own: once claimed, it must finish even if the
         client goes away (shutdown waits for it)."""
@@ -79,19 +79,12 @@ class Runner:
             body=delivery.body,
         )
         attempt = repo.AttemptLease(execution_id=row.id, number=row.attempts)
-        try:
-            secrets = await self._signing.of(delivery.tenant_id)
-        except db.DatabaseUnreachable:
-            outcome = outcomes.unsigned()
-            retry_at = self._retry_at(attempt, outcome, None)
-            await self._record(delivery.tenant_id, attempt, outcome, retry_at=retry_at)
-            return
         with contextlib.suppress(ForwardFailed):
             await self.run(
                 tenant_id=delivery.tenant_id,
                 request=request,
                 attempt=attempt,
-                secrets=secrets,
+                secrets=None,  # read under the attempt's lease
                 retry=True,
             )
 
@@ -101,17 +94,20 @@ class Runner:
         tenant_id: UUID,
         request: TriggerRequest,
         attempt: repo.AttemptLease,
-        secrets: Sequence[str],
+        secrets: Sequence[str] | None,
         retry: bool = False,
     ) -> GatewayAnswer:
         """Forward while renewing the lease, then record. With `retry` (async deliveries) a
-        retryable failure is scheduled again with backoff instead of ending the execution."""
+        retryable failure is scheduled again with backoff instead of ending the execution.
+        Without `secrets`, the tenant's signing secrets are read first."""
         lease = LeaseKeeper(
             lambda: self._renew_lease(tenant_id, attempt),
             interval_seconds=self._settings.lease_renew_seconds,
         )
         try:
             async with lease:
+                if secrets is None:
+                    secrets = await self._signing_secrets(tenant_id)
                 response = await self._n8n.forward(self._outbound(request, attempt, secrets))
         except ForwardFailed as exc:
             if exc.final:
@@ -138,23 +134,37 @@ class Runner:
             replayed=False,
         )
 
+    async def _signing_secrets(self, tenant_id: UUID) -> Sequence[str]:
+        try:
+            return await self._signing.of(tenant_id)
+        except db.DatabaseUnreachable:
+            raise SigningUnavailable(
+                "The database was unreachable, so the call to n8n could not be signed; "
+                "nothing was sent.",
+                cause="signing-secret-unavailable",
+                maybe_ran=False,
+            ) from None
+
     def _outbound(
         self, request: TriggerRequest, attempt: repo.AttemptLease, secrets: Sequence[str]
     ) -> Outbound:
-        # One message id for every attempt of an execution, as Standard Webhooks asks of a
-        # retried message, so a workflow may also recognise a second attempt.
-        signature = signed_headers(
-            secrets,
-            message_id=f"msg_{attempt.execution_id}",
-            timestamp=datetime.now(UTC),
-            body=request.body,
-        )
+        def signature() -> list[tuple[str, str]]:
+            # One message id for every attempt of an execution, as Standard Webhooks asks of
+            # a retried message, so a workflow may also recognise a second attempt.
+            return signed_headers(
+                secrets,
+                message_id=f"msg_{attempt.execution_id}",
+                timestamp=datetime.now(UTC),
+                body=request.body,
+            )
+
         return Outbound(
             method=request.method,
             path=self._n8n.path_for(mode=request.mode, raw_path=request.raw_path),
             query=request.query,
-            headers=[*unsigned(request.headers), *signature],
+            headers=unsigned(request.headers),
             body=request.body,
+            stamp=signature,
         )
 
     async def _complete_with_problem(

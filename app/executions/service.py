@@ -266,9 +266,8 @@ class ExecutionService:
         except (GateError, db.DatabaseUnreachable):
             return  # refused, or the database went away (the claim is released then)
         if isinstance(started, decisions.Run):
-            secrets = await self._signing.of(tenant.id)  # cached: the trigger read them
-            with contextlib.suppress(ForwardFailed):
-                await self._runner.start(tenant.id, request, started.attempt, secrets=secrets)
+            with contextlib.suppress(ForwardFailed):  # the secrets are read under the lease
+                await self._runner.start(tenant.id, request, started.attempt, secrets=None)
 
     async def _claim(self, tenant: Tenant, request: TriggerRequest) -> Started:
         for _ in range(MAX_CLAIM_ROUNDS):

@@ -18,6 +18,7 @@ import ssl
 import time
 import urllib.request
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,9 @@ class Outbound:
     query: str
     headers: list[tuple[str, str]]
     body: bytes
+    # Headers made anew for each send (a signature with its timestamp): a request sent again
+    # while n8n starts is signed as it leaves, not as it was first built.
+    stamp: Callable[[], list[tuple[str, str]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,8 @@ class N8nClient:
         query = f"?{outbound.query}" if outbound.query else ""
         url = URL(f"{self._origin}{outbound.path}{query}", encoded=True)
         headers = CIMultiDict(outbound.headers)
+        if outbound.stamp is not None:
+            headers.extend(outbound.stamp())
         headers.setdefault("Accept-Encoding", "gzip, deflate")
         try:
             async with asyncio.timeout(self._timeout):

@@ -10,8 +10,18 @@ from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
-# Whatever a caller sent under these names is dropped: only the gateway signs.
-SIGNATURE_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature"})
+# Whatever a caller sent under these names is dropped: only the gateway signs. Svix's names too,
+# which Svix's libraries read first when both are there.
+SIGNATURE_HEADERS = frozenset(
+    {
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "svix-id",
+        "svix-timestamp",
+        "svix-signature",
+    }
+)
 
 
 def signed_headers(

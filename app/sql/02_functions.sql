@@ -17,23 +17,30 @@
 
 -- The service role has no grants on tenants and api_keys: it authenticates through this one
 -- function, which runs as the owner and returns a live key's hash, tenant and rights by its
--- public prefix. It notes when the key was last used, at most once a minute: a lookup happens
--- only when a process has not verified the key recently (GATE_AUTH_CACHE_SECONDS).
+-- public prefix.
 CREATE OR REPLACE FUNCTION api_key_lookup(key_prefix text)
 RETURNS TABLE (tenant_id uuid, tenant_name text, key_hash bytea, read_only boolean)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
 AS $$
-BEGIN
-    UPDATE public.api_keys k SET last_used_at = now()
+    SELECT k.tenant_id, t.name, k.key_hash, k.read_only
+    FROM public.api_keys k JOIN public.tenants t ON t.id = k.tenant_id
     WHERE k.prefix = key_prefix AND k.revoked_at IS NULL
       AND (k.expires_at IS NULL OR k.expires_at > now())
-      AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute');
-    RETURN QUERY
-        SELECT k.tenant_id, t.name, k.key_hash, k.read_only
-        FROM public.api_keys k JOIN public.tenants t ON t.id = k.tenant_id
-        WHERE k.prefix = key_prefix AND k.revoked_at IS NULL
-          AND (k.expires_at IS NULL OR k.expires_at > now());
-END
+$$;
+
+-- Notes that a key was used, once it verified, at most once a minute; a row locked by someone
+-- else is skipped rather than waited for: a trigger never waits on this.
+CREATE OR REPLACE FUNCTION api_key_used(key_prefix text)
+RETURNS void
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
+AS $$
+    UPDATE public.api_keys SET last_used_at = now()
+    WHERE id = (
+        SELECT k.id FROM public.api_keys k
+        WHERE k.prefix = key_prefix
+          AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute')
+        FOR UPDATE SKIP LOCKED
+    )
 $$;
 
 -- A provider route (GATE_ROUTES_FILE) names its tenant; the gateway resolves the name at start

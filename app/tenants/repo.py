@@ -10,6 +10,7 @@ from app.db import AnyConnection
 
 LOOKUP_KEY = "SELECT tenant_id, tenant_name, key_hash, read_only FROM api_key_lookup($1)"
 LOOKUP_TENANT = "SELECT tenant_lookup($1)"
+NOTE_KEY_USED = "SELECT api_key_used($1)"
 SIGNING_SECRETS = "SELECT signing_secrets_of($1, $2) AS secret"
 TAKE_FROM_RATE_BUCKET = "SELECT take_rate_token($1, $2, $3)"
 
@@ -21,6 +22,7 @@ WHERE t.name = $1 AND (s.expires_at IS NULL OR s.expires_at > now())
 ORDER BY s.created_at DESC, s.id DESC
 """
 
+LOCK_SIGNING = "SELECT pg_advisory_xact_lock(hashtextextended('signing_secrets ' || $1, 0))"
 ROTATE_SIGNING = """
 WITH tenant AS (SELECT id FROM tenants WHERE name = $1),
 retired AS (
@@ -95,6 +97,10 @@ async def find_key(conn: AnyConnection, *, prefix: str) -> StoredKey | None:
     return StoredKey(**dict(row))
 
 
+async def note_key_used(conn: AnyConnection, *, prefix: str) -> None:
+    await conn.execute(NOTE_KEY_USED, prefix)
+
+
 async def find_tenant_id(conn: AnyConnection, *, name: str) -> UUID | None:
     tenant_id: UUID | None = await conn.fetchval(LOOKUP_TENANT, name)
     return tenant_id
@@ -118,11 +124,14 @@ async def live_signing_secrets(conn: AnyConnection, *, tenant_name: str) -> list
 
 
 async def rotate_signing_secret(
-    conn: AnyConnection, *, tenant_name: str, new: str, overlap_seconds: float
+    conn: AnyConnection, *, tenant_id: UUID, tenant_name: str, new: str, overlap_seconds: float
 ) -> bool:
     """`new` signs from now on; the others sign beside it for `overlap_seconds` more. False
     when there is no such tenant."""
-    inserted = await conn.fetchval(ROTATE_SIGNING, tenant_name, new, overlap_seconds)
+    async with conn.transaction():
+        # The lock signing_secrets_of takes: a first use racing the rotation waits for it.
+        await conn.execute(LOCK_SIGNING, str(tenant_id))
+        inserted = await conn.fetchval(ROTATE_SIGNING, tenant_name, new, overlap_seconds)
     return inserted is not None
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
+import math
 import re
 import secrets
 import time
@@ -17,7 +20,11 @@ from app.errors import InvalidRequest, ReadOnlyKey, Unauthorized
 from app.tenants import repo
 from app.tenants.tenant import Tenant
 
+logger = logging.getLogger(__name__)
+
 KEY_PREFIX = "n8ng"
+# How often a process notes that a key it verified was used (`keys list`: last used).
+NOTE_USE_SECONDS = 60.0
 KEY_PATTERN = re.compile(r"^n8ng_([0-9a-f]{12})_[A-Za-z0-9_-]{32,64}$")
 TENANT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -29,6 +36,7 @@ Access = Literal["read", "write"]
 class Caller:
     tenant: Tenant
     read_only: bool
+    prefix: str
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,8 @@ class Authenticator:
         self._pool = pool
         self._cache_seconds = cache_seconds
         self._cache: dict[bytes, tuple[Caller, float]] = {}
+        self._noted: dict[str, float] = {}  # prefix → when this process last noted its use
+        self._notes: set[asyncio.Task[None]] = set()
 
     async def authenticate(
         self, *, authorization: str | None, gate_key: str | None, access: Access
@@ -110,6 +120,7 @@ class Authenticator:
             caller = await self._verify(api_key, digest)
             if self._cache_seconds > 0:
                 self._remember(digest, caller)
+        self._note_use(caller.prefix)
         if access == "write" and caller.read_only:
             raise ReadOnlyKey(
                 "This API key is read-only: it may read executions (status, list) but not "
@@ -126,7 +137,27 @@ class Authenticator:
         if stored is None or not hmac.compare_digest(stored.key_hash, digest):
             raise _invalid_key()
         tenant = Tenant(id=stored.tenant_id, name=stored.tenant_name)
-        return Caller(tenant=tenant, read_only=stored.read_only)
+        return Caller(tenant=tenant, read_only=stored.read_only, prefix=match.group(1))
+
+    def _note_use(self, prefix: str) -> None:
+        """Note in the background that the key was used, at most once a minute per process:
+        never a write per request, and never a wait for one."""
+        now = time.monotonic()
+        if now - self._noted.get(prefix, -math.inf) < NOTE_USE_SECONDS:
+            return
+        if len(self._noted) > 10_000:
+            self._noted.clear()
+        self._noted[prefix] = now
+        task = asyncio.create_task(self._note(prefix))
+        self._notes.add(task)
+        task.add_done_callback(self._notes.discard)
+
+    async def _note(self, prefix: str) -> None:
+        try:
+            async with db.connection(self._pool) as conn:
+                await repo.note_key_used(conn, prefix=prefix)
+        except Exception:  # best effort: the next use notes it
+            logger.info("could not note the use of API key %s", prefix, exc_info=True)
 
     def _remember(self, digest: bytes, caller: Caller) -> None:
         if len(self._cache) > 10_000:

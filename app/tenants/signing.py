@@ -11,6 +11,10 @@ from uuid import UUID
 from app import db
 from app.tenants import repo
 
+# How soon a rotated secret reaches every process: a rotation keeps the old secret signing at
+# least this long (`n8n-gate keys signing-secret --rotate`).
+CACHE_SECONDS = 60.0
+
 
 def new_signing_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()

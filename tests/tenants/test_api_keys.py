@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 from tests.conftest import ClientFactory, new_api_key
@@ -77,7 +79,14 @@ async def test_the_last_use_of_a_key_is_recorded(
         return next(line for line in listed.splitlines() if line.startswith(prefix)).split()[4]
 
     assert last_used() == "-"
+    forged = f"n8ng_{prefix}_{'x' * 43}"  # the right prefix, not the key
+    async with make_client(api_key=forged) as gateway:
+        assert_problem(await gateway.get("/v1/executions"), 401, "unauthorized")
+    assert last_used() == "-"
     async with make_client(api_key=api_key) as gateway:
         for _ in range(3):
             assert (await gateway.get("/v1/executions")).status_code == 200
-    assert last_used() != "-"
+    deadline = time.monotonic() + 5  # noted in the background
+    while last_used() == "-":
+        assert time.monotonic() < deadline, "the use was never noted"
+        await asyncio.sleep(0.05)
