@@ -29,9 +29,11 @@ class RecordedResponse(BaseModel):
 
 class ExecutionError(BaseModel):
     type: str = Field(
-        description="n8n-connection-refused, n8n-dns-failure, n8n-connect-timeout, "
-        "n8n-read-timeout, n8n-connection-lost, n8n-answer-too-large, n8n-error (5xx), "
-        "n8n-not-registered, abandoned, claim-interrupted"
+        description="n8n-connection-refused, n8n-connection-closed, n8n-dns-failure, "
+        "n8n-connect-timeout, n8n-starting, n8n-read-timeout, n8n-connection-lost, "
+        "n8n-could-not-execute, n8n-answer-too-large, n8n-error (5xx), n8n-not-registered, "
+        "n8n-method-not-registered, n8n-refused, n8n-rate-limited, abandoned, "
+        "claim-interrupted, signing-secret-unavailable (docs/api.md says what each means)"
     )
     detail: str | None
 
