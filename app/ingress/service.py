@@ -20,6 +20,7 @@ from app.executions.trigger import MAX_KEY_LENGTH, PROVIDER_KEY_PREFIX, TriggerR
 from app.ingress import signatures
 from app.ingress.keys import DeliveryKeyMissing, delivery_key
 from app.ingress.routes_file import IngressRoute, RoutesFileError
+from app.metrics import delivery_refused
 from app.tenants import repo as tenants_repo
 from app.tenants.tenant import Tenant
 
@@ -135,6 +136,7 @@ class Ingress:
         try:
             yield
         except signatures.SignatureRejected as rejected:
+            delivery_refused(route.name, "signature")
             logger.warning(
                 "delivery refused: route=%s scheme=%s reason=%s",
                 route.name,
@@ -172,6 +174,7 @@ class Ingress:
                 max_length=MAX_KEY_LENGTH - len(prefix),
             )
         except DeliveryKeyMissing as missing:
+            delivery_refused(served.route.name, "missing-key")
             raise MissingDeliveryKey(
                 f"The delivery has no key where route {served.route.name!r} takes it "
                 f"({missing.reason}); nothing was stored."
@@ -195,6 +198,7 @@ class Ingress:
         except IdempotencyKeyReused:
             # Signed by the provider, yet another body under an id it used before: a provider
             # bug, or a replayed signature with a body that also verifies. Worth a look.
+            delivery_refused(route.name, "key-reused")
             logger.warning(
                 "delivery refused: route=%s key=%r was first delivered with another body",
                 route.name,

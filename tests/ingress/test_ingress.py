@@ -18,6 +18,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.conftest import ClientFactory, GatewayClient, new_api_key
 from tests.support.executions_api import status_of, until_status
@@ -137,6 +138,12 @@ def standard_headers(body: bytes, message_id: str) -> dict[str, str]:
         "webhook-signature": f"v1,{signature}",
         "Content-Type": "application/json",
     }
+
+
+def refused(route: str, reason: str) -> float:
+    """n8n_gate_deliveries_refused_total for the route and reason, as /metrics will show it."""
+    labels = {"route": route, "reason": reason}
+    return REGISTRY.get_sample_value("n8n_gate_deliveries_refused_total", labels) or 0.0
 
 
 def stripe_event(event_id: str, amount: int = 100) -> bytes:
@@ -267,9 +274,11 @@ async def test_a_delivery_that_does_not_verify_is_401_and_nothing_is_stored(
     event = f"evt_{uuid.uuid4().hex}"
     body = stripe_event(event)
     headers = headers_for(body)  # type: ignore[operator]
+    refused_before = refused("stripe-orders", "signature")
     with caplog.at_level(logging.WARNING):
         answer = await gateway.post("/in/stripe-orders", content=body, headers=headers)
     problem = assert_problem(answer, 401, "signature-invalid")
+    assert refused("stripe-orders", "signature") == refused_before + 1
     assert "nothing was stored" in problem["detail"]
     assert_problem(
         await gateway.get(f"/v1/executions/in:stripe-orders:{event}"), 404, "execution-not-found"
@@ -292,8 +301,10 @@ async def test_a_duplicated_signature_header_is_refused(gateway: GatewayClient) 
 
 async def test_a_delivery_without_its_key_is_400(gateway: GatewayClient) -> None:
     body = b'{"type":"charge.succeeded"}'  # no /id
+    refused_before = refused("stripe-orders", "missing-key")
     answer = await gateway.post("/in/stripe-orders", content=body, headers=stripe_headers(body))
     problem = assert_problem(answer, 400, "delivery-key-missing")
+    assert refused("stripe-orders", "missing-key") == refused_before + 1
     assert "/id" in problem["detail"]
 
 
