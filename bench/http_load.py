@@ -28,10 +28,17 @@ class Connection:
 
     async def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         """Send one POST and return its status and body; reconnects if the server closed."""
+        return await self.send(self.encode_post(body, headers))
+
+    def encode_post(self, body: bytes, headers: dict[str, str]) -> bytes:
+        """A POST to this connection's URL as bytes on the wire, to build ahead of a timed run."""
         head = [f"POST {self._target} HTTP/1.1", f"Host: {self._host}:{self._port}"]
         head += [f"{name}: {value}" for name, value in headers.items()]
         head.append(f"Content-Length: {len(body)}")
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        """Send one request built by encode_post and return the answer's status and body."""
         if self._streams is None or self._streams[1].is_closing():
             self._streams = await asyncio.open_connection(self._host, self._port)
         reader, writer = self._streams
