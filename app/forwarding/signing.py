@@ -10,17 +10,11 @@ from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
-# Whatever a caller sent under these names is dropped: only the gateway signs. Svix's names too,
-# which Svix's libraries read first when both are there.
+# Whatever a caller sent under these names is dropped: only the gateway signs. Svix's timestamp
+# and signature too, which Svix's libraries read first when both namings are there; a Svix
+# sender's svix-id passes (alone it proves nothing).
 SIGNATURE_HEADERS = frozenset(
-    {
-        "webhook-id",
-        "webhook-timestamp",
-        "webhook-signature",
-        "svix-id",
-        "svix-timestamp",
-        "svix-signature",
-    }
+    {"webhook-id", "webhook-timestamp", "webhook-signature", "svix-timestamp", "svix-signature"}
 )
 
 

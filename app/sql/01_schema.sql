@@ -52,7 +52,7 @@ CREATE TABLE api_keys (
     read_only   boolean NOT NULL DEFAULT false,
     -- A key rotated out (`n8n-gate keys rotate`) works until then.
     expires_at  timestamptz,
-    -- Written by api_key_lookup at most once a minute, not once per request.
+    -- Noted by api_key_used once a key verified, at most once a minute: not once per request.
     last_used_at timestamptz
 );
 

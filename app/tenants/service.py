@@ -156,8 +156,8 @@ class Authenticator:
         try:
             async with db.connection(self._pool) as conn:
                 await repo.note_key_used(conn, prefix=prefix)
-        except Exception:  # best effort: the next use notes it
-            logger.info("could not note the use of API key %s", prefix, exc_info=True)
+        except Exception as exc:  # best effort: a use a minute later notes it
+            logger.debug("could not note the use of API key %s: %r", prefix, exc)
 
     def _remember(self, digest: bytes, caller: Caller) -> None:
         if len(self._cache) > 10_000:

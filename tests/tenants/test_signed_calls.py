@@ -9,6 +9,10 @@ import hmac
 import time
 import uuid
 
+import pytest
+
+from app import db
+from app.tenants.signing import SigningSecrets
 from tests.conftest import ClientFactory, new_api_key
 from tests.support.executions_api import new_key, until_status
 from tests.support.fake_n8n import Call, FakeN8n
@@ -55,7 +59,6 @@ async def test_a_trigger_reaches_n8n_signed_and_a_callers_signature_is_not_belie
     (secret,) = live_secrets(database_url, tenant)
     assert call.headers["webhook-id"].startswith("msg_")
     assert call.headers["webhook-id"] != "msg_forged"
-    assert "svix-id" not in call.headers
     assert "svix-signature" not in call.headers
     assert abs(int(call.headers["webhook-timestamp"]) - time.time()) < 60
     assert verifies(call, secret)
@@ -97,3 +100,38 @@ async def test_during_a_rotation_both_secrets_verify_and_async_deliveries_are_si
     latest, *still = live_secrets(database_url, tenant, "--rotate", "--overlap-seconds", "0")
     assert latest not in (old, new)
     assert new in still
+
+
+async def test_a_delivery_whose_secrets_cannot_be_read_is_not_sent_and_runs_later(
+    make_client: ClientFactory,
+    n8n: FakeN8n,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_of = SigningSecrets.of
+    failures = 1
+
+    async def away_once(self: SigningSecrets, tenant_id: uuid.UUID) -> tuple[str, ...]:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise db.DatabaseUnreachable("the database went away")
+        return await real_of(self, tenant_id)
+
+    monkeypatch.setattr(SigningSecrets, "of", away_once)
+    key = new_key()
+    settings = {"retry_base_seconds": 0.05, "retry_cap_seconds": 0.1}
+    async with make_client(**settings) as gateway:
+        accepted = await gateway.post(
+            "/webhook/echo",
+            json={"n": 3},
+            headers={"Idempotency-Key": key, "Prefer": "respond-async"},
+        )
+        assert accepted.status_code == 202
+        status = await until_status(gateway, key, "completed")
+    first, second = status["attempt_history"]  # type: ignore[misc]
+    assert first["outcome"] == "failed"
+    assert first["error"]["type"] == "signing-secret-unavailable"
+    assert second["outcome"] == "completed"
+    (call,) = n8n.calls_for(key)
+    assert "webhook-signature" in call.headers
