@@ -96,7 +96,9 @@ class DeliveryWorkers:
 
     async def _take(self, limit: int) -> list[repo.Delivery]:
         try:
-            return await self._service.take_due(limit=limit)
+            return await self._service.take_due(
+                limit=limit, still=lambda: self._readiness.is_ready and not self._stopping
+            )
         except Exception:
             # A dispatcher that died would stop delivering for good: log, wait, go on.
             logger.exception("could not take due deliveries")

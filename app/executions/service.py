@@ -134,12 +134,16 @@ class ExecutionService:
             self._on_delivery_due()  # this process's workers pick it up at once
         return accepted
 
-    async def take_due(self, *, limit: int) -> list[repo.Delivery]:
+    async def take_due(self, *, limit: int, still: Callable[[], bool]) -> list[repo.Delivery]:
         """Async executions due for delivery, leased to this process; none while the database
-        is out of reach (the dispatcher looks again on its next poll)."""
+        is out of reach (the dispatcher looks again on its next poll), and none unless `still()`
+        holds once a connection is in hand: n8n may have been found starting while the take
+        waited for one, and a delivery taken then would spend an attempt on n8n's start."""
         settings = self._settings
         try:
             async with db.connection(self._pool) as conn:
+                if not still():
+                    return []
                 return await repo.take_due(
                     conn,
                     lease_seconds=settings.lease_seconds,
