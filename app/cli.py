@@ -147,7 +147,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             proxy_headers=False,
             server_header=False,
             access_log=settings.access_log,
-            log_config=log_config(settings.log_level),
+            log_config=log_config(settings.log_level, settings.log_format),
             http=BoundedHttpToolsProtocol,
             limit_concurrency=settings.max_connections,
         )

@@ -143,6 +143,13 @@ class Settings(BaseSettings):
             "/openapi.json is always there."
         ),
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description=(
+            "Log lines as text, or as JSON objects (time, level, logger, message, and the "
+            "request's id, tenant, key, workflow, execution, attempt)."
+        ),
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO",
         description=(

@@ -34,6 +34,7 @@ from app.ingress.service import Ingress, ServedRoute, serve_routes
 from app.memory import ByteBudget
 from app.migrations import schema_state
 from app.problems import install_handlers
+from app.request_ids import RequestIds
 from app.tenants.rate_limit import RateLimiter
 from app.tenants.service import Authenticator
 from app.tenants.signing import CACHE_SECONDS as signing_cache_seconds
@@ -132,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     app.add_middleware(IngressEndpoints)  # serves /in/<route> before any route
     app.add_middleware(TriggerEndpoints)  # serves the trigger paths before any route
+    app.add_middleware(RequestIds)  # outermost: every answer, and every log line, has its id
     app.include_router(health_router)
     app.include_router(executions_router)
     # Last, so that every other route is matched first: they only document the paths that

@@ -64,6 +64,7 @@ from app.executions.trigger_http import (
     via_of,
 )
 from app.forwarding.headers import GATE_KEY_HEADER, to_forward
+from app.logs import bind
 from app.problems import as_problem, documented, problem_response
 from app.tenants.tenant import Tenant
 
@@ -113,8 +114,10 @@ async def _trigger(request: Request, *, mode: Mode) -> Response:
         access="write",
     )
     await services.rate_limiter.take(tenant.id)
+    bind(tenant=tenant.name)
     workflow_path, forwarded_path = parse_webhook_path(_path_after(request, mode=mode))
     key = parse_idempotency_key(request.headers.getlist("idempotency-key"))
+    bind(idempotency_key=key, workflow=f"{mode}/{workflow_path}")
     preferences = parse_preferences(request.headers.getlist("prefer"))
     applied = _applied_preferences(preferences, max_wait=services.settings.max_wait_seconds)
     holding = services.budget.holding()  # the body's bytes, until the gateway is done with it

@@ -45,6 +45,7 @@ from app.executions.trigger_http import (
 from app.forwarding.headers import to_forward
 from app.ingress.routes_file import Provider
 from app.ingress.service import Delivery, Ingress, ServedRoute
+from app.logs import bind
 from app.problems import as_problem, documented, problem_response
 
 PREFIX = "/in/"
@@ -80,6 +81,7 @@ async def _deliver(request: Request) -> Response:
         )
     services = await get_services(request)
     served = _served_route(request, services.ingress)
+    bind(route=served.route.name, tenant=served.tenant.name)
     assert services.ingress is not None  # _served_route found the route
     # Before the body is read: a sender without a plausible signature holds no memory.
     services.ingress.check_headers(served, request.headers.items())
@@ -104,6 +106,7 @@ async def _deliver(request: Request) -> Response:
         if challenge is not None:
             return JSONResponse({"challenge": challenge})
         key = services.ingress.key(served, delivery)
+        bind(idempotency_key=key, workflow=f"{served.route.mode}/{served.route.workflow_path}")
         trigger = _trigger_request(request, services, served, delivery, key=key)
         outcome = await services.ingress.deliver(served, trigger)
     except GateError as exc:
