@@ -31,8 +31,16 @@ from tests.support.real_n8n import (
 
 pytestmark = pytest.mark.slow
 
-# Headers a replay may differ in: regenerated on every answer, or the gateway's own.
-VOLATILE = {"date", "content-length", "idempotent-replayed", "connection", "keep-alive"}
+# Headers a replay may differ in: regenerated on every answer, or the gateway's own (each
+# answer's X-Request-Id is its own request's).
+VOLATILE = {
+    "date",
+    "content-length",
+    "idempotent-replayed",
+    "connection",
+    "keep-alive",
+    "x-request-id",
+}
 
 
 @pytest.fixture(autouse=True)
