@@ -1,7 +1,7 @@
 """Logging under `n8n-gate serve`: every record of the app and of uvicorn through one setup,
-human-readable lines or JSON lines (GATE_LOG_FORMAT), each with the context of the request it
-belongs to (request id, tenant, idempotency key, workflow) and what its caller adds (execution,
-attempt, error type).
+human-readable lines or JSON lines (GATE_LOG_FORMAT); a JSON line carries the context of the
+request it belongs to (request id, tenant, idempotency key, workflow) and what its caller adds
+(execution, attempt, error type).
 
 The standard library's logging with a small JSON formatter, rather than structlog: every record
 here, uvicorn's included, already goes through `logging`, and the context the gateway binds is a
@@ -104,6 +104,8 @@ def log_config(level: str, log_format: LogFormat = "text") -> dict[str, Any]:
     config["filters"] = {"context": {"()": ContextFilter}}
     for handler in config["handlers"].values():
         handler["filters"] = ["context"]
+    # Everything else that logs (asyncio, asyncpg...) goes through the same handler, warnings up.
+    config["root"] = {"handlers": ["app"], "level": "WARNING"}
     if log_format == "json":
         for name in config["formatters"]:
             config["formatters"][name] = {"()": JsonFormatter}

@@ -25,6 +25,7 @@ from app.errors import (
     MethodNotAllowed,
     NotFound,
 )
+from app.logs import current
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,11 @@ def install_handlers(app: FastAPI) -> None:
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         error = InternalError("The gateway hit an unexpected error; it has been logged.")
-        return problem_response(error, instance=request.url.path)
+        response = problem_response(error, instance=request.url.path)
+        request_id = current("request_id")  # this handler runs outside RequestIds
+        if request_id is not None:
+            response.headers["X-Request-Id"] = str(request_id)
+        return response
 
     app.add_exception_handler(GateError, on_gate_error)
     app.add_exception_handler(db.DatabaseUnreachable, on_database_unreachable)

@@ -1,6 +1,8 @@
 """Every request gets an id: the caller's `X-Request-Id` when it is a plausible one, else a new
-one. It is bound to the request's log records, sent back on the answer, and forwarded to n8n
-(an async trigger stores it with its request, so its delivery carries it too)."""
+one. It is bound to the request's log records and sent back on the answer; the trigger edges
+forward it to n8n (`forwarded_with_id`; an async trigger stores it with its request, so its
+delivery carries it too). The request's own headers are left as sent: a provider route may
+take its key from X-Request-Id."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.logs import new_context, reset_context
+from app.logs import current, new_context
 
 HEADER = b"x-request-id"
 # What an id from a caller may be: short, and nothing a log line or a header could trip on.
@@ -25,8 +27,6 @@ class RequestIds:
             await self.app(scope, receive, send)
             return
         request_id = _request_id(scope)
-        headers = [(name, value) for name, value in scope["headers"] if name != HEADER]
-        scope = {**scope, "headers": [*headers, (HEADER, request_id)]}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -34,11 +34,10 @@ class RequestIds:
                 message = {**message, "headers": [*sent, (HEADER, request_id)]}
             await send(message)
 
-        token = new_context(request_id=request_id.decode())
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            reset_context(token)
+        # Not reset afterwards: each request runs in a task of its own, and the error handler
+        # outside this middleware (Starlette's, outermost) logs a 500 in this request's context.
+        new_context(request_id=request_id.decode())
+        await self.app(scope, receive, send_with_id)
 
 
 def _request_id(scope: Scope) -> bytes:
@@ -46,3 +45,12 @@ def _request_id(scope: Scope) -> bytes:
     if len(sent) == 1 and _VALID.fullmatch(sent[0]):
         return bytes(sent[0])
     return uuid.uuid4().hex.encode()
+
+
+def forwarded_with_id(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The headers for n8n, with this request's id in place of any X-Request-Id sent."""
+    request_id = current("request_id")
+    if request_id is None:
+        return headers
+    kept = [(name, value) for name, value in headers if name.lower() != "x-request-id"]
+    return [*kept, ("X-Request-Id", str(request_id))]

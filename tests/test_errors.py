@@ -46,8 +46,12 @@ async def test_a_bug_behind_an_api_route_is_a_500_without_its_details(
 ) -> None:
     monkeypatch.setattr(server_client.services.executions, "get", broken)
     with caplog.at_level(logging.ERROR):
-        response = await server_client.get("/v1/executions/some-key")
+        response = await server_client.get(
+            "/v1/executions/some-key", headers={"X-Request-Id": "bug-req-1"}
+        )
     assert_hidden_bug(response, caplog, instance="/v1/executions/some-key")
+    # The one answer made outside the request-id middleware still carries the request's id.
+    assert response.headers["x-request-id"] == "bug-req-1"
 
 
 async def test_a_bug_on_the_trigger_path_is_a_500_without_its_details(

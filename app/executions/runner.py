@@ -318,6 +318,7 @@ def _log_attempt(
         outcome.error_detail,
         then,
         extra={
+            "request_id": _request_id(request),
             "idempotency_key": request.key,
             "tenant_id": str(tenant_id),
             "workflow": f"{request.mode}/{request.workflow_path}",
@@ -326,3 +327,8 @@ def _log_attempt(
             "error_type": outcome.error_type,
         },
     )
+
+
+def _request_id(request: TriggerRequest) -> str | None:
+    """The id the caller got back, stored with the request (an async delivery's too)."""
+    return next((value for name, value in request.headers if name.lower() == "x-request-id"), None)

@@ -66,6 +66,7 @@ from app.executions.trigger_http import (
 from app.forwarding.headers import GATE_KEY_HEADER, to_forward
 from app.logs import bind
 from app.problems import as_problem, documented, problem_response
+from app.request_ids import forwarded_with_id
 from app.tenants.tenant import Tenant
 
 
@@ -131,7 +132,9 @@ async def _trigger(request: Request, *, mode: Mode) -> Response:
             # As received: the server admits only ASCII in the target, and building request.url
             # (a urlsplit of the whole URL) was a visible share of an accept's CPU.
             query=request.scope["query_string"].decode("latin-1"),
-            headers=to_forward(request.headers.items(), via=via_of(request, services.settings)),
+            headers=forwarded_with_id(
+                to_forward(request.headers.items(), via=via_of(request, services.settings))
+            ),
             body=await read_body(
                 request,
                 holding=holding,

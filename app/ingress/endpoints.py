@@ -47,6 +47,7 @@ from app.ingress.routes_file import Provider
 from app.ingress.service import Delivery, Ingress, ServedRoute
 from app.logs import bind
 from app.problems import as_problem, documented, problem_response
+from app.request_ids import forwarded_with_id
 
 PREFIX = "/in/"
 # A provider's credentials and key header are not forwarded: the execution's key is sent instead.
@@ -153,10 +154,12 @@ def _trigger_request(
         raw_path=route.raw_path,
         query=delivery.query,
         # n8n sees the execution's key, as it does for a trigger that sent its own.
-        headers=[
-            *to_forward(unsigned, via=via_of(request, services.settings)),
-            ("Idempotency-Key", key),
-        ],
+        headers=forwarded_with_id(
+            [
+                *to_forward(unsigned, via=via_of(request, services.settings)),
+                ("Idempotency-Key", key),
+            ]
+        ),
         body=delivery.body,
     )
 

@@ -514,3 +514,32 @@ async def test_past_the_tenants_rate_a_provider_gets_429_and_forgeries_take_no_t
     assert [answer.status_code for answer in answers[:2]] == [202, 202]
     assert_problem(answers[2], 429, "rate-limited")
     assert int(answers[2].headers["retry-after"]) > 0
+
+
+async def test_a_route_keyed_on_x_request_id_keeps_the_senders_id(
+    make_client: ClientFactory, tenant: tuple[str, str], tmp_path: Path, n8n: FakeN8n
+) -> None:
+    """The gateway's own request ids never stand in for a delivery's key."""
+    routes = tmp_path / "routes.toml"
+    routes.write_text(
+        f'[routes.plain]\ntenant = "{tenant[0]}"\nprovider = "hmac-sha256"\n'
+        f'secrets = ["{HMAC_SECRET}"]\nsignature_header = "X-Signature"\n'
+        'key = "header:X-Request-Id"\nwebhook = "echo"\nrespond = "sync"\n'
+    )
+    body = b'{"n": 1}'
+    signature = hmac.new(HMAC_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    async with make_client(api_key=tenant[1], routes_file=routes) as gateway:
+        sender_id = f"evt {uuid.uuid4()}"  # a space: not an id the gateway would echo
+        answers = [
+            await gateway.post(
+                "/in/plain",
+                content=body,
+                headers={"X-Signature": signature, "X-Request-Id": sender_id},
+            )
+            for _ in range(2)
+        ]
+        unkeyed = await gateway.post("/in/plain", content=body, headers={"X-Signature": signature})
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert answers[1].headers["idempotent-replayed"] == "true"
+    assert len(n8n.calls_for(f"in:plain:{sender_id}")) == 1
+    assert_problem(unkeyed, 400, "delivery-key-missing")
