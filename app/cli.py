@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +19,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from app import migrations
+from app import metrics, migrations
 from app.config import ConfigError, Settings, load_settings
 from app.embedded import EmbeddedUnavailable, start_embedded
 from app.errors import GateError
@@ -132,6 +135,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if routes:
         _run(_with_admin(url, lambda conn: resolve_tenants(conn, routes), settings))
     os.environ["DATABASE_URL"] = url  # worker processes read their settings afresh
+    if args.workers > 1:
+        _share_metrics_between_workers()
     # uvicorn shuts down gracefully, then re-raises the signal it caught; exiting through
     # Python instead (not the default handler) lets atexit stop the embedded server.
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -152,6 +157,21 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             limit_concurrency=settings.max_connections,
         )
     return 0
+
+
+def _share_metrics_between_workers() -> None:
+    """Worker processes write their metrics to files in one directory, which a scrape of any
+    of them reads whole (prometheus-client's multiprocess mode): the operator's
+    PROMETHEUS_MULTIPROC_DIR, else a private one removed at exit. Emptied first: an earlier
+    run's values must not count."""
+    chosen = os.environ.get(metrics.MULTIPROCESS_DIR_VARIABLE)
+    if chosen:
+        directory = Path(chosen)
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="n8n-gate-metrics-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    metrics.prepare_multiprocess_directory(directory)
+    os.environ[metrics.MULTIPROCESS_DIR_VARIABLE] = str(directory)
 
 
 def _keys_signing_secret(args: argparse.Namespace, settings: Settings) -> int:

@@ -157,6 +157,24 @@ class Settings(BaseSettings):
             "and unknown outcomes (ERROR)."
         ),
     )
+    metrics_token: str | None = Field(
+        default=None,
+        min_length=16,
+        repr=False,
+        description=(
+            "GET /metrics answers the Prometheus exposition format to `Authorization: Bearer "
+            "<this token>` (401 without it); unset: /metrics is 404. At least 16 characters."
+        ),
+    )
+    metrics_max_workflows: int = Field(
+        default=50,
+        ge=0,
+        le=10_000,
+        description=(
+            "Workflows that get a label of their own in the forward latency histogram, "
+            "first come first served per process; the rest are counted as `other`."
+        ),
+    )
     # Peers whose X-Forwarded-Proto / -Host are believed: "10.0.0.0/8,127.0.0.1". Empty: none.
     trusted_proxies: str = Field(
         default="",

@@ -7,12 +7,14 @@ that forgot its tenant filter still sees only that tenant's rows.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from uuid import UUID
 
 import asyncpg
 
+from app import metrics
 from app.config import Settings
 
 APP_ROLE = "n8n_gate_app"
@@ -74,7 +76,7 @@ async def create_pool(dsn: str, settings: Settings) -> Pool:
 @asynccontextmanager
 async def tenant_transaction(pool: Pool, tenant_id: UUID) -> AsyncIterator[PooledConnection]:
     """A transaction in which Row Level Security shows only `tenant_id`'s rows."""
-    async with _unreachable(), pool.acquire() as conn, conn.transaction():
+    async with _unreachable(), _lent(pool) as conn, conn.transaction():
         await conn.execute(SET_TENANT, str(tenant_id))
         yield conn
 
@@ -83,8 +85,21 @@ async def tenant_transaction(pool: Pool, tenant_id: UUID) -> AsyncIterator[Poole
 async def connection(pool: Pool) -> AsyncIterator[PooledConnection]:
     """A connection for statements that need no tenant (auth lookup, health) or that set it
     for their own transaction (the trigger-path functions of migration 0002)."""
-    async with _unreachable(), pool.acquire() as conn:
+    async with _unreachable(), _lent(pool) as conn:
         yield conn
+
+
+@asynccontextmanager
+async def _lent(pool: Pool) -> AsyncIterator[PooledConnection]:
+    """A connection from the pool, counted in the pool's metrics while lent."""
+    started = time.perf_counter()
+    async with pool.acquire() as conn:
+        metrics.DB_ACQUIRE_DURATION.observe(time.perf_counter() - started)
+        metrics.DB_CONNECTIONS_IN_USE.inc()
+        try:
+            yield conn
+        finally:
+            metrics.DB_CONNECTIONS_IN_USE.dec()
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ from typing import TypedDict
 
 from fastapi import FastAPI
 
-from app import db
+from app import db, metrics
 from app.config import Settings, get_settings
 from app.delivery.workers import DeliveryWorkers
 from app.deps import Services
@@ -53,6 +53,7 @@ class SchemaNotCurrent(RuntimeError):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    metrics.limit_workflow_labels(settings.metrics_max_workflows)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from app import db
+from app import db, metrics
 from app.batching import Batcher
 from app.config import Settings
 from app.executions import repo
@@ -65,15 +65,18 @@ class ExecutionWrites:
     async def _claim_batch(
         self, calls: list[repo.ClaimCall]
     ) -> list[repo.AttemptLease | repo.ExecutionRow | None]:
+        metrics.batch_committed("claim", len(calls))
         async with db.connection(self._pool) as conn:
             return await repo.claim_many(conn, calls, lease_seconds=self._settings.lease_seconds)
 
     async def _accept_batch(self, calls: list[repo.AcceptCall]) -> list[repo.Accepted | None]:
         # The accepting process wakes its own workers; others are told only when it has none.
         notify = self._settings.delivery_workers == 0
+        metrics.batch_committed("accept", len(calls))
         async with db.connection(self._pool) as conn:
             return await repo.accept_many(conn, calls, notify=notify)
 
     async def _outcome_batch(self, calls: list[repo.OutcomeCall]) -> list[bool]:
+        metrics.batch_committed("record", len(calls))
         async with db.connection(self._pool) as conn:
             return await repo.record_outcomes(conn, calls)

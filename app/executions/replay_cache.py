@@ -23,6 +23,7 @@ from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
+from app import metrics
 from app.executions.repo import ExecutionRow
 
 # The row's other values, the tuples and the two dicts' slots, rounded up from what
@@ -56,12 +57,15 @@ class ReplayCache:
         cache_key = (tenant_id.int, key)
         entry = self._entries.get(cache_key)
         if entry is None:
+            metrics.replay_cache_looked_up(hit=False)
             return None
         row = ExecutionRow(*entry[0])
         if _key_expired(row):
             self._drop(cache_key)
+            metrics.replay_cache_looked_up(hit=False)
             return None
         self._entries.move_to_end(cache_key)
+        metrics.replay_cache_looked_up(hit=True)
         return row
 
     def put(self, tenant_id: UUID, row: ExecutionRow) -> None:
@@ -77,6 +81,7 @@ class ReplayCache:
         self.bytes += size
         while self.bytes > self._max_bytes:
             self._drop(next(iter(self._entries)))
+        metrics.REPLAY_CACHE_BYTES.set(self.bytes)
 
     def _sweep(self) -> None:
         now = self._clock()
@@ -91,6 +96,7 @@ class ReplayCache:
         if entry is not None:
             del self._expiries[cache_key]
             self.bytes -= entry[1]
+            metrics.REPLAY_CACHE_BYTES.set(self.bytes)
 
 
 def entry_bytes(row: ExecutionRow) -> int:

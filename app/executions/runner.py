@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
-from app import db
+from app import db, metrics
 from app.config import Settings
 from app.delivery.backoff import Backoff
 from app.errors import PROBLEM_CONTENT_TYPE, ForwardFailed, GateError, SigningUnavailable
@@ -108,12 +109,13 @@ class Runner:
             async with lease:
                 if secrets is None:
                     secrets = await self._signing_secrets(tenant_id)
-                response = await self._n8n.forward(self._outbound(request, attempt, secrets))
+                response = await self._forward(request, attempt, secrets)
         except ForwardFailed as exc:
             if exc.final:
                 return await self._complete_with_problem(tenant_id, attempt, request, exc)
             outcome = outcomes.unanswered(exc)
             retry_at = self._retry_at(attempt, outcome, None) if retry else None
+            _count_attempt(outcome, retry_at=retry_at, retry=retry)
             await self._record(tenant_id, attempt, outcome, retry_at=retry_at)
             _log_failure(tenant_id, request, attempt, outcome, retry_at=retry_at, retry=retry)
             raise
@@ -123,6 +125,7 @@ class Runner:
             rate_limit_retryable=retry,
         )
         retry_at = self._retry_at(attempt, outcome, response) if retry else None
+        _count_attempt(outcome, retry_at=retry_at, retry=retry)
         await self._record(tenant_id, attempt, outcome, retry_at=retry_at)
         if outcome.status == "failed":
             _log_failure(tenant_id, request, attempt, outcome, retry_at=retry_at, retry=retry)
@@ -144,6 +147,23 @@ class Runner:
                 cause="signing-secret-unavailable",
                 maybe_ran=False,
             ) from None
+
+    async def _forward(
+        self, request: TriggerRequest, attempt: repo.AttemptLease, secrets: Sequence[str]
+    ) -> N8nResponse:
+        workflow = f"{request.mode}/{request.workflow_path}"
+        started = time.perf_counter()
+        try:
+            response = await self._n8n.forward(self._outbound(request, attempt, secrets))
+        except ForwardFailed:
+            metrics.forward_finished(
+                workflow=workflow, status=None, seconds=time.perf_counter() - started
+            )
+            raise
+        metrics.forward_finished(
+            workflow=workflow, status=response.status, seconds=time.perf_counter() - started
+        )
+        return response
 
     def _outbound(
         self, request: TriggerRequest, attempt: repo.AttemptLease, secrets: Sequence[str]
@@ -176,6 +196,7 @@ class Runner:
     ) -> GatewayAnswer:
         body = error.problem_json(instance=f"/{request.mode}/{request.workflow_path}")
         outcome = outcomes.answered_unusably(error, body=body)
+        metrics.n8n_failed(error.cause)
         await self._record(tenant_id, attempt, outcome)
         _log_attempt(
             logging.WARNING, "final answer from the gateway", tenant_id, request, attempt, outcome
@@ -267,6 +288,21 @@ class Runner:
         if status == "completed":
             return self._settings.key_retention_seconds
         return self._settings.failed_key_retention_seconds
+
+
+def _count_attempt(outcome: repo.Outcome, *, retry_at: datetime | None, retry: bool) -> None:
+    if outcome.status == "failed" and outcome.error_type:
+        metrics.n8n_failed(outcome.error_type)
+    if outcome.outcome_unknown:
+        metrics.OUTCOME_UNKNOWN.inc()
+    if retry:
+        metrics.delivery_attempted(_delivery_result(outcome, retry_at=retry_at))
+
+
+def _delivery_result(outcome: repo.Outcome, *, retry_at: datetime | None) -> metrics.DeliveryResult:
+    if outcome.status == "completed":
+        return "completed"
+    return "retry_scheduled" if retry_at is not None else "dead_letter"
 
 
 def _log_failure(

@@ -59,6 +59,8 @@ from app.executions.trigger_http import (
     about_key,
     accepted_response,
     answer_response,
+    asks_async,
+    count_answer,
     preference_applied,
     read_body,
     via_of,
@@ -85,12 +87,17 @@ class TriggerEndpoints:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
+        error: GateError | None = None
         try:
             response = await _trigger(request, mode=mode)
         except GateError as exc:
-            response = problem_response(exc, instance=request.url.path)
+            error = exc
         except db.DatabaseUnreachable as exc:
-            response = problem_response(as_problem(exc), instance=request.url.path)
+            error = as_problem(exc)
+        if error is not None:
+            response = problem_response(error, instance=request.url.path)
+        asked_async = asks_async(request.headers.getlist("prefer"))
+        count_answer(response, error=error, mode="async" if asked_async else "sync")
         await response(scope, receive, send)
 
 

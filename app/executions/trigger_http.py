@@ -9,9 +9,21 @@ import asyncio
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
+from app import metrics
 from app.config import Settings
 from app.deps import Services
-from app.errors import GateError, GatewayBusy, InvalidRequest, PayloadTooLarge, RequestTimeout
+from app.errors import (
+    ExecutionInFlight,
+    ForwardFailed,
+    GateError,
+    GatewayBusy,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    OutcomeUnknown,
+    PayloadTooLarge,
+    RequestTimeout,
+    SigningUnavailable,
+)
 from app.executions.gateway_answer import GatewayAnswer
 from app.executions.repo import Accepted
 from app.executions.trigger import location_for
@@ -34,6 +46,35 @@ def about_key(error: GateError, *, key: str, applied: dict[str, str]) -> GateErr
     if applied:
         error.headers["Preference-Applied"] = preference_applied(applied)
     return error
+
+
+def count_answer(response: Response, *, error: GateError | None, mode: metrics.TriggerMode) -> None:
+    """Counts a trigger's (or a provider delivery's) answer in n8n_gate_triggers_total."""
+    metrics.trigger_answered(
+        mode=mode, outcome=_outcome(response, error), status=response.status_code
+    )
+
+
+def _outcome(response: Response, error: GateError | None) -> metrics.TriggerOutcome:
+    if error is None:
+        if response.headers.get("idempotent-replayed") == "true":
+            return "replayed"
+        return "accepted" if response.status_code == 202 else "forwarded"
+    if isinstance(error, ExecutionInFlight):
+        return "in_flight"
+    if isinstance(error, IdempotencyKeyReused):
+        return "key_reused"
+    if isinstance(error, OutcomeUnknown):
+        return "outcome_unknown"
+    if isinstance(error, ForwardFailed) and not isinstance(error, SigningUnavailable):
+        return "forwarded"  # n8n was called, and failed
+    return "rejected"
+
+
+def asks_async(prefer: list[str]) -> bool:
+    """Whether Prefer asks for respond-async: the trigger's mode in its metrics, before (or
+    without) the header being parsed whole."""
+    return any("respond-async" in value.lower() for value in prefer)
 
 
 def via_of(request: Request, settings: Settings) -> Via:

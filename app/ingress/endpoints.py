@@ -39,6 +39,7 @@ from app.executions.trigger_http import (
     about_key,
     accepted_response,
     answer_response,
+    count_answer,
     read_body,
     via_of,
 )
@@ -46,6 +47,7 @@ from app.forwarding.headers import to_forward
 from app.ingress.routes_file import Provider
 from app.ingress.service import Delivery, Ingress, ServedRoute
 from app.logs import bind
+from app.metrics import TriggerMode
 from app.problems import as_problem, documented, problem_response
 from app.request_ids import forwarded_with_id
 
@@ -65,16 +67,21 @@ class IngressEndpoints:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
+        mode: list[TriggerMode] = ["sync"]  # the route's, once known
+        error: GateError | None = None
         try:
-            response = await _deliver(request)
+            response = await _deliver(request, mode=mode)
         except GateError as exc:
-            response = problem_response(exc, instance=request.url.path)
+            error = exc
         except db.DatabaseUnreachable as exc:
-            response = problem_response(as_problem(exc), instance=request.url.path)
+            error = as_problem(exc)
+        if error is not None:
+            response = problem_response(error, instance=request.url.path)
+        count_answer(response, error=error, mode=mode[0])
         await response(scope, receive, send)
 
 
-async def _deliver(request: Request) -> Response:
+async def _deliver(request: Request, *, mode: list[TriggerMode]) -> Response:
     if request.method not in TRIGGER_METHODS:
         raise MethodNotAllowed(
             "Provider routes take GET, HEAD, POST, PUT, PATCH or DELETE, as n8n's webhooks do.",
@@ -82,6 +89,7 @@ async def _deliver(request: Request) -> Response:
         )
     services = await get_services(request)
     served = _served_route(request, services.ingress)
+    mode[0] = "async" if served.route.respond == "async" else "sync"
     bind(route=served.route.name, tenant=served.tenant.name)
     assert services.ingress is not None  # _served_route found the route
     # Before the body is read: a sender without a plausible signature holds no memory.

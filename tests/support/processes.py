@@ -33,13 +33,16 @@ def free_port() -> int:
 
 
 class Gateway:
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *, workers: int = 1) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         fd, self._log_path = tempfile.mkstemp(prefix="n8n-gate-", suffix=".log")
         with os.fdopen(fd, "w") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app", "serve", "--port", str(self.port)],
+                [
+                    *(sys.executable, "-m", "app", "serve"),
+                    *("--port", str(self.port), "--workers", str(workers)),
+                ],
                 env=env,
                 cwd=ROOT,
                 stdout=log,
