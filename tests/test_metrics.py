@@ -127,7 +127,10 @@ async def test_a_dead_letter_is_counted_once(make_client: ClientFactory, n8n: Fa
         )
         assert answer.status_code == 202
         await until_status(client, key, "failed")
+        retried = await client.post(f"/v1/executions/{key}/retry")
+        assert retried.status_code == 202
         after = await scrape(client)
+    assert delta(before, after, "n8n_gate_retries_requested_total") == 1
     assert delta(before, after, "n8n_gate_dead_letters_total") == 1
     assert delta(before, after, "n8n_gate_delivery_attempts_total", result="dead_letter") == 1
     assert delta(before, after, "n8n_gate_delivery_attempts_total", result="retry_scheduled") == 0
