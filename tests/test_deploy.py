@@ -17,6 +17,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from app import metrics
+from app.config import ConfigError, load_settings
 from tests.support.real_n8n import N8N_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,3 +159,28 @@ def test_the_dashboard_and_the_alerts_use_only_metrics_the_gateway_exposes() -> 
         "n8n_gate_dead_letters_total",
     }
     assert required <= exposed
+
+
+def test_the_example_scrape_config_is_valid_and_sends_the_token(tmp_path: Path) -> None:
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["authorization"]["type"] == "Bearer"
+    assert job["metrics_path"] == "/metrics"
+    token_file = tmp_path / "token"
+    token_file.write_text("a-token-of-sixteen-or-more\n")
+    job["authorization"]["credentials_file"] = str(token_file)
+    shutil.copy(PROMETHEUS / "alerts.yml", tmp_path / "alerts.yml")
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    run_promtool("check", "config", "prometheus.yml", cwd=tmp_path)
+
+
+def test_an_empty_metrics_token_in_the_compose_file_means_metrics_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gateway = compose()["services"]["gateway"]
+    assert gateway["environment"]["GATE_METRICS_TOKEN"] == "${GATE_METRICS_TOKEN:-}"
+    monkeypatch.setenv("GATE_METRICS_TOKEN", "")  # as compose passes it when .env has none
+    assert load_settings(_env_file=None).metrics_token is None
+    monkeypatch.setenv("GATE_METRICS_TOKEN", "short")
+    with pytest.raises(ConfigError, match="GATE_METRICS_TOKEN"):
+        load_settings(_env_file=None)
