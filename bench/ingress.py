@@ -165,7 +165,14 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 async def drive(
-    kind: str, url: str, requests: list[bytes], *, connections: int, seconds: float, pids: list[int]
+    kind: str,
+    url: str,
+    requests: list[bytes],
+    *,
+    connections: int,
+    seconds: float,
+    pids: list[int],
+    expected: int = 202,
 ) -> Round:
     latencies: list[float] = []
     errors = 0
@@ -183,7 +190,7 @@ async def drive(
                 started = time.perf_counter()
                 status, _ = await connection.send(request)
                 latencies.append((time.perf_counter() - started) * 1000)
-                errors += status != 202
+                errors += status != expected
         finally:
             connection.close()
 
