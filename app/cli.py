@@ -20,6 +20,7 @@ from typing import TypeVar
 import asyncpg
 
 from app import metrics, migrations
+from app.alerts import repo as alerts_repo
 from app.config import ConfigError, Settings, load_settings
 from app.embedded import EmbeddedUnavailable, start_embedded
 from app.errors import GateError
@@ -111,6 +112,17 @@ def _parser() -> argparse.ArgumentParser:
     check = routes_commands.add_parser("check", help="validate a routes file without serving")
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_routes_check)
+
+    alerts = commands.add_parser("alerts", help="alerts sent to GATE_ALERT_URL")
+    alerts_commands = alerts.add_subparsers(dest="alerts_command", required=True)
+    alerts_list = alerts_commands.add_parser("list", help="list alerts, newest first")
+    alerts_list.add_argument(
+        "--status",
+        choices=("pending", "sending", "delivered", "failed"),
+        help="only these (failed: given up after GATE_ALERT_MAX_SENDS sends)",
+    )
+    alerts_list.add_argument("--limit", type=int, default=50)
+    alerts_list.set_defaults(handler=_alerts_list)
     return parser
 
 
@@ -297,6 +309,27 @@ def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
         )
         line = "".join(f"{value:<{width}}" for value, width in zip(values, widths, strict=True))
         print(line + _when(key.expires_at))
+    return 0
+
+
+def _alerts_list(args: argparse.Namespace, settings: Settings) -> int:
+    if not 1 <= args.limit <= 10_000:
+        raise CliError("--limit must be 1 to 10000")
+    alerts = _run(
+        _with_admin(
+            database_url(settings),
+            lambda conn: alerts_repo.list_alerts(conn, status=args.status, limit=args.limit),
+            settings,
+        )
+    )
+    for alert in alerts:
+        print(
+            f"{alert.id}  {_when(alert.occurred_at)}  {alert.status:<9} sends={alert.sends}  "
+            f"{alert.type}  tenant={alert.tenant}  {alert.workflow}  key={alert.idempotency_key!r}"
+            + (f"  last error: {alert.last_error}" if alert.last_error else "")
+        )
+    if not alerts:
+        print("no alerts", file=sys.stderr)
     return 0
 
 

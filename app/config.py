@@ -352,6 +352,40 @@ class Settings(BaseSettings):
             "a route's `tolerance_seconds` overrides it."
         ),
     )
+    alert_url: AnyHttpUrl | None = Field(
+        default=None,
+        repr=False,  # a Slack incoming webhook's URL is its credential
+        examples=["https://n8n.example.com/webhook/gate-alerts"],
+        description=(
+            "Where an alert is posted (JSON, signed like the calls to n8n) when an execution "
+            "becomes a dead letter or ends with its outcome unknown: an n8n workflow's webhook, "
+            "a Slack incoming webhook... Set it on every process. Unset: no alerts."
+        ),
+    )
+    alert_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Longest one send of an alert may take; longer is a failed send.",
+    )
+    alert_max_sends: int = Field(
+        default=10,
+        ge=1,
+        le=100,
+        description=(
+            "Sends of an alert, with the deliveries' backoff, before it is given up (an "
+            "ERROR log line; `n8n-gate alerts list` shows it)."
+        ),
+    )
+    public_url: AnyHttpUrl | None = Field(
+        default=None,
+        examples=["https://gate.example.com"],
+        description=(
+            "The gateway's address as its operators reach it (https://gate.example.com): "
+            "an alert links to the execution's dashboard page under it. Unset: the link is "
+            "the relative API path /v1/executions/<key>."
+        ),
+    )
 
     @field_validator("database_url", mode="before")
     @classmethod
@@ -364,7 +398,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("routes_file", mode="before")
+    @field_validator("routes_file", "alert_url", "public_url", "metrics_token", mode="before")
     @classmethod
     def _unset_when_empty(cls, value: object) -> object:
         return None if value == "" else value  # as .env.example writes it, commented or not

@@ -13,6 +13,7 @@ from typing import TypedDict
 from fastapi import FastAPI
 
 from app import db, metrics
+from app.alerts.sender import AlertSender
 from app.config import Settings, get_settings
 from app.delivery.workers import DeliveryWorkers
 from app.deps import Services
@@ -90,6 +91,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     batch_size=settings.reaper_batch_size,
                     failed_keep_seconds=settings.failed_key_retention_seconds,
                 ) as reaper,
+                AlertSender(
+                    pool,
+                    signing=SigningSecrets(pool, cache_seconds=signing_cache_seconds),
+                    settings=settings,
+                ) as alerts,
             ):
                 executions = _execution_service(
                     pool, n8n, notifications, settings, on_delivery_due=delivery_due.set
@@ -101,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     count=settings.delivery_workers,
                     poll_seconds=settings.delivery_poll_seconds,
                     grace_seconds=settings.n8n_timeout_seconds,
+                    alerts=alerts,
                 )
                 authenticator = Authenticator(pool, cache_seconds=settings.auth_cache_seconds)
                 ingress = _ingress(served_routes, executions, settings)

@@ -6,6 +6,10 @@ LOCKED, so no two processes take the same one), and runs each delivery as a task
 then record the outcome. The dispatcher looks again when a slot frees, when this process
 accepts a trigger (or, having no workers, NOTIFYs the others), and every
 GATE_DELIVERY_POLL_SECONDS, which finds work accepted elsewhere and retries that came due.
+
+Alerts (app.alerts) go through the same slots: once a poll the dispatcher also takes the alerts
+that are due, into at most half the slots (an alert goes elsewhere than n8n, so n8n starting
+holds none back), and sends each as a task of its own.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import contextlib
 import logging
 import time
 
+from app.alerts.repo import Alert
+from app.alerts.sender import AlertSender
 from app.executions import repo
 from app.executions.service import ExecutionService
 from app.forwarding.readiness import Readiness
@@ -33,6 +39,7 @@ class DeliveryWorkers:
         count: int,
         poll_seconds: float,
         grace_seconds: float,
+        alerts: AlertSender | None = None,
     ) -> None:
         self._service = service
         self._readiness = readiness
@@ -44,6 +51,10 @@ class DeliveryWorkers:
         self._stopping = False
         self._dispatcher: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._alerts = alerts
+        self._alert_slots = max(1, count // 2)
+        self._alerts_in_flight: set[asyncio.Task[None]] = set()
+        self._next_alert_look = 0.0  # monotonic
 
     async def __aenter__(self) -> DeliveryWorkers:
         if self._count > 0:
@@ -67,6 +78,7 @@ class DeliveryWorkers:
         while not self._stopping:
             # Cleared before the take: a wake-up during the take means look again at once.
             self._look_again.clear()
+            await self._send_due_alerts()
             if not self._readiness.is_ready:  # n8n is down or starting: take nothing meanwhile
                 await self._readiness.wait_until_ready(time.monotonic() + self._poll_seconds)
                 continue
@@ -103,3 +115,32 @@ class DeliveryWorkers:
             # A dispatcher that died would stop delivering for good: log, wait, go on.
             logger.exception("could not take due deliveries")
             return []
+
+    async def _send_due_alerts(self) -> None:
+        """Once a poll, or at once while every alert slot filled: take due alerts for the free
+        alert slots, and send each in a task that holds a delivery slot."""
+        if self._alerts is None or time.monotonic() < self._next_alert_look:
+            return
+        free = min(
+            self._count - len(self._deliveries), self._alert_slots - len(self._alerts_in_flight)
+        )
+        try:
+            taken = await self._alerts.take_due(limit=free) if free > 0 else []
+        except Exception:
+            logger.exception("could not take due alerts")
+            taken = []
+        # No free slot, or every one filled: more may be due, looked for once a slot frees.
+        full = free <= 0 or len(taken) == free
+        self._next_alert_look = time.monotonic() + (0.0 if full else self._poll_seconds)
+        for alert in taken:
+            task = asyncio.create_task(self._send_alert(self._alerts, alert))
+            self._deliveries.add(task)
+            self._alerts_in_flight.add(task)
+            task.add_done_callback(self._alerts_in_flight.discard)
+            task.add_done_callback(self._finished)
+
+    async def _send_alert(self, alerts: AlertSender, alert: Alert) -> None:
+        try:
+            await alerts.send(alert)
+        except Exception:
+            logger.exception("sending alert %s failed", alert.id)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from app import db
+from app.alerts import repo as alerts_repo
 from app.executions import repo
 from app.tasks import cancel_and_wait
 
@@ -63,6 +64,19 @@ class Reaper:
             if ended < self._batch_size:
                 return total
 
+    async def reap_alerts_once(self) -> int:
+        """Delete every alert older than a failed key's retention, sent or not (where no
+        process sends them, nothing else would); return how many."""
+        total = 0
+        while True:
+            async with db.connection(self._pool) as conn:
+                deleted = await alerts_repo.reap(
+                    conn, batch_size=self._batch_size, keep_seconds=self._failed_keep_seconds
+                )
+            total += deleted
+            if deleted < self._batch_size:
+                return total
+
     async def _run_forever(self) -> None:
         while True:
             await asyncio.sleep(self._interval_seconds)
@@ -75,5 +89,7 @@ class Reaper:
                     )
                 if deleted := await self.reap_once():
                     logger.info("reaped %d expired executions", deleted)
+                if deleted := await self.reap_alerts_once():
+                    logger.info("reaped %d old alerts", deleted)
             except db.DatabaseUnreachable:
                 logger.warning("reaper: database unavailable; trying again later")

@@ -146,6 +146,39 @@ CREATE TABLE delivery_queue (
     running         boolean NOT NULL DEFAULT false  -- a worker is delivering it
 );
 
+-- Alerts (GATE_ALERT_URL): one per execution end that an operator must hear of: an async
+-- delivery that ended failed (a dead letter), or an execution that ended with its outcome
+-- unknown. A trigger on executions (02_functions.sql) writes it in the transaction that ends
+-- the execution, so the end never commits without it; the delivery workers send it. It copies
+-- what the alert says (no request headers or bodies) and outlives the execution's row. Only
+-- the owner reads it, through the functions (tenant data across tenants, like api_keys).
+-- status: pending (due at due_at) → sending (leased until due_at; a process that died leaves it
+-- due again) → delivered | failed (sent `sends` times, refused every time), or pending again.
+CREATE TABLE alerts (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id       uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    execution_id    bigint NOT NULL,
+    attempt         integer NOT NULL,
+    type            text NOT NULL
+                    CHECK (type IN ('execution.dead_letter', 'execution.outcome_unknown')),
+    idempotency_key text NOT NULL,
+    workflow        text NOT NULL,                  -- n8n mode and path: "webhook/orders"
+    error_type      text,
+    error_detail    text,
+    n8n_status      integer,
+    outcome_unknown boolean NOT NULL,
+    occurred_at     timestamptz NOT NULL,
+    status          text NOT NULL DEFAULT 'pending'
+                    CHECK (status IN ('pending', 'sending', 'delivered', 'failed')),
+    sends           integer NOT NULL DEFAULT 0,
+    due_at          timestamptz NOT NULL DEFAULT now(),
+    last_error      text,
+    finished_at     timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    -- One alert per end: an execution ends once per attempt.
+    CONSTRAINT alerts_one_per_end UNIQUE (execution_id, attempt)
+);
+
 -- executions_tenant_key serves the claim and the status lookup; these serve the list.
 CREATE INDEX executions_recent ON executions (tenant_id, id DESC);
 CREATE INDEX executions_status_recent ON executions (tenant_id, status, id DESC);
@@ -159,6 +192,9 @@ CREATE INDEX delivery_queue_due ON delivery_queue (due_at);
 CREATE INDEX delivery_queue_running ON delivery_queue (target) WHERE running;
 -- The batched take walks the targets, and takes each target's earliest due row.
 CREATE INDEX delivery_queue_target_due ON delivery_queue (target, due_at);
+-- The alert take: due alerts by time; the alert reaper: all of them by age.
+CREATE INDEX alerts_due ON alerts (due_at) WHERE status IN ('pending', 'sending');
+CREATE INDEX alerts_created ON alerts (created_at);
 
 -- Tenant tables: a row is visible only when `app.tenant_id` (set per transaction by the
 -- service, or by the functions themselves) names its tenant, even to the tables' owner.
@@ -171,6 +207,7 @@ ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
 ALTER TABLE api_keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE signing_secrets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE rate_buckets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE alerts ENABLE ROW LEVEL SECURITY;
 
 -- NULLIF: once a transaction-local setting ends, the setting reads as '' rather than NULL.
 CREATE POLICY executions_tenant_isolation ON executions

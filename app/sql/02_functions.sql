@@ -733,6 +733,125 @@ $$;
 
 
 -- ==============================================================================================
+-- Alerts (GATE_ALERT_URL): as the owner, across tenants
+-- ==============================================================================================
+
+-- running → failed, of an async delivery (a dead letter) or with the outcome unknown: the
+-- operator's alert, queued in the transaction that ends the execution, whichever function ends
+-- it (record_execution_outcome, a take under GATE_UNKNOWN_OUTCOME=refuse, the reaper).
+CREATE OR REPLACE FUNCTION queue_execution_alert()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+    INSERT INTO public.alerts (
+        tenant_id, execution_id, attempt, type, idempotency_key, workflow, error_type,
+        error_detail, n8n_status, outcome_unknown, occurred_at
+    )
+    VALUES (
+        NEW.tenant_id, NEW.id, NEW.attempts,
+        CASE WHEN NEW.deliver_async THEN 'execution.dead_letter'
+             ELSE 'execution.outcome_unknown' END,
+        NEW.idempotency_key, NEW.mode || '/' || NEW.workflow_path, NEW.last_error_type,
+        NEW.last_error_detail, NEW.response_status, NEW.outcome_unknown,
+        coalesce(NEW.finished_at, now())
+    )
+    ON CONFLICT (execution_id, attempt) DO NOTHING;
+    RETURN NULL;
+END
+$$;
+
+-- The WHEN runs before any call: every other update of an execution costs nothing more.
+CREATE TRIGGER executions_alert
+    AFTER UPDATE OF status ON executions
+    FOR EACH ROW
+    WHEN (OLD.status = 'running' AND NEW.status = 'failed'
+          AND (NEW.deliver_async OR NEW.outcome_unknown))
+    EXECUTE FUNCTION queue_execution_alert();
+
+-- pending and due → sending, or sending whose lease ran out (its process died) → sending again,
+-- under the same message id: up to p_limit alerts, leased for p_lease_seconds. SKIP LOCKED
+-- keeps takers apart. Each comes with its tenant's name and the number of this send.
+CREATE OR REPLACE FUNCTION take_due_alerts(p_lease_seconds double precision, p_limit integer)
+RETURNS TABLE (
+    id bigint, tenant_id uuid, tenant_name text, type text, execution_id bigint,
+    attempt integer, idempotency_key text, workflow text, error_type text, error_detail text,
+    n8n_status integer, outcome_unknown boolean, occurred_at timestamptz, sends integer
+)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+    WITH due AS (
+        SELECT d.id FROM public.alerts d
+        WHERE d.status IN ('pending', 'sending') AND d.due_at <= now()
+        ORDER BY d.due_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE public.alerts a
+    SET status = 'sending', sends = a.sends + 1,
+        due_at = now() + make_interval(secs => p_lease_seconds)
+    FROM due
+    WHERE a.id = due.id
+    RETURNING a.id, a.tenant_id,
+        (SELECT t.name FROM public.tenants t WHERE t.id = a.tenant_id),
+        a.type, a.execution_id, a.attempt, a.idempotency_key, a.workflow, a.error_type,
+        a.error_detail, a.n8n_status, a.outcome_unknown, a.occurred_at, a.sends
+$$;
+
+-- sending → delivered, → pending again at p_retry_at, or → failed (no p_retry_at: given up).
+-- Fenced by the send's number: a send whose lease ran out and was taken over records nothing.
+CREATE OR REPLACE FUNCTION record_alert_send(
+    p_id bigint, p_send integer, p_delivered boolean, p_retry_at timestamptz, p_error text
+)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+    UPDATE public.alerts
+    SET status = CASE WHEN p_delivered THEN 'delivered'
+                      WHEN p_retry_at IS NULL THEN 'failed'
+                      ELSE 'pending' END,
+        due_at = coalesce(p_retry_at, due_at),
+        last_error = CASE WHEN p_delivered THEN last_error ELSE p_error END,
+        finished_at = CASE WHEN p_delivered OR p_retry_at IS NULL THEN now() END
+    WHERE id = p_id AND sends = p_send AND status = 'sending';
+    RETURN FOUND;
+END
+$$;
+
+-- A process without GATE_ALERT_URL deletes the alerts that are due instead of taking them: no
+-- one is to be told, and none waits to flood a URL set later. Returns how many.
+CREATE OR REPLACE FUNCTION drop_due_alerts(p_limit integer)
+RETURNS integer
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+    WITH doomed AS (
+        SELECT d.id FROM public.alerts d
+        WHERE d.status IN ('pending', 'sending') AND d.due_at <= now()
+        ORDER BY d.due_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM public.alerts a USING doomed d WHERE a.id = d.id RETURNING 1
+    )
+    SELECT count(*)::integer FROM gone
+$$;
+
+-- The reaper deletes alerts older than p_keep_seconds, sent or not, a batch at a time: the
+-- table stays bounded where no process sends them (no delivery workers anywhere).
+CREATE OR REPLACE FUNCTION reap_alerts(p_batch_size integer, p_keep_seconds double precision)
+RETURNS integer
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+    WITH doomed AS (
+        SELECT d.id FROM public.alerts d
+        WHERE d.created_at < now() - make_interval(secs => p_keep_seconds)
+        ORDER BY d.created_at
+        LIMIT p_batch_size
+        FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM public.alerts a USING doomed d WHERE a.id = d.id RETURNING 1
+    )
+    SELECT count(*)::integer FROM gone
+$$;
+
+
+-- ==============================================================================================
 -- Privileges
 -- ==============================================================================================
 
