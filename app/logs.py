@@ -37,6 +37,8 @@ FIELDS = (
     "attempt",
     "error_type",
     "reason",
+    "trace_id",  # with traces on (app/tracing.py)
+    "span_id",
 )
 
 _NOTHING: Mapping[str, object] = MappingProxyType({})

@@ -12,7 +12,7 @@ from typing import TypedDict
 
 from fastapi import FastAPI
 
-from app import db, metrics
+from app import db, metrics, tracing
 from app.alerts.sender import AlertSender
 from app.config import Settings, get_settings
 from app.delivery.workers import DeliveryWorkers
@@ -55,6 +55,8 @@ class SchemaNotCurrent(RuntimeError):
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics.limit_workflow_labels(settings.metrics_max_workflows)
+    if tracing.requested():  # OTEL_EXPORTER_OTLP_ENDPOINT; each worker process starts its own
+        tracing.start()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
@@ -125,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await executions.drain(grace_seconds=settings.n8n_timeout_seconds)
         finally:
             await pool.close()
+            await tracing.shutdown()  # flushes this process's spans
 
     app = FastAPI(
         title="n8n-gate",
@@ -148,6 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # the middlewares above serve.
     app.include_router(ingress_documentation)
     app.include_router(documentation_router)
+    tracing.instrument(app)  # with traces on, a server span around all of the above
     return app
 
 

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 
+from app import tracing
 from app.alerts.repo import Alert
 from app.alerts.sender import AlertSender
 from app.executions import repo
@@ -101,8 +102,18 @@ class DeliveryWorkers:
         self._look_again.set()  # a slot is free
 
     async def _deliver(self, delivery: repo.Delivery) -> None:
+        row = delivery.row
         try:
-            await self._service.deliver(delivery)
+            # Traced, an attempt continues the trace of the request that was accepted.
+            with tracing.continued(
+                delivery.headers,
+                "deliver",
+                idempotency_key=row.idempotency_key,
+                workflow=f"{row.mode}/{row.workflow_path}",
+                execution_id=row.id,
+                attempt=row.attempts,
+            ):
+                await self._service.deliver(delivery)
         except Exception:
             logger.exception("delivery of execution %s failed", delivery.row.id)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
-from app import db, metrics
+from app import db, metrics, tracing
 from app.config import Settings
 from app.delivery.backoff import Backoff
 from app.errors import PROBLEM_CONTENT_TYPE, ForwardFailed, GateError, SigningUnavailable
@@ -255,7 +255,8 @@ class Runner:
             await self._record_once(tenant_id, attempt, outcome, retry_at=retry_at)
 
         try:
-            await record()
+            with _record_span(attempt, outcome, retry_at):
+                await record()
         except db.DatabaseUnreachable:
             execution_id = attempt.execution_id
             logger.warning("database unavailable; will keep recording execution %s", execution_id)
@@ -288,6 +289,22 @@ class Runner:
         if status == "completed":
             return self._settings.key_retention_seconds
         return self._settings.failed_key_retention_seconds
+
+
+def _record_span(
+    attempt: repo.AttemptLease, outcome: repo.Outcome, retry_at: datetime | None
+) -> contextlib.AbstractContextManager[object]:
+    """The span of an outcome's record: what the attempt came to, never its answer."""
+    return tracing.span(
+        "record",
+        execution_id=attempt.execution_id,
+        attempt=attempt.number,
+        status=outcome.status,
+        error_type=outcome.error_type,
+        n8n_status=outcome.response_status,
+        outcome_unknown=outcome.outcome_unknown,
+        retry_at=retry_at.isoformat(timespec="seconds") if retry_at else None,
+    )
 
 
 def _count_attempt(outcome: repo.Outcome, *, retry_at: datetime | None, retry: bool) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from app import db
+from app import db, tracing
 from app.config import Settings
 from app.errors import (
     ExecutionInFlight,
@@ -96,7 +96,10 @@ class ExecutionService:
                 raise self._refusal(decision, request)
         # Read before the claim: a database away now costs a 503 with nothing claimed.
         secrets = await self._signing.of(tenant.id)
-        started = await self._claim_waiting(tenant, request, wait_seconds=wait_seconds)
+        workflow = f"{request.mode}/{request.workflow_path}"
+        with tracing.span("claim", idempotency_key=request.key, workflow=workflow) as span:
+            started = await self._claim_waiting(tenant, request, wait_seconds=wait_seconds)
+            _note_started(span, started)
         if isinstance(started, decisions.Replay):
             self._replay_cache.put(tenant.id, started.row)
             return replay_answer(started.row)
@@ -106,20 +109,25 @@ class ExecutionService:
     async def accept(self, *, tenant: Tenant, request: TriggerRequest) -> repo.Accepted:
         """Store an async trigger for the delivery workers (Prefer: respond-async); or say what
         holds the key already. Raises 422 for another request's key."""
-        accepted = await self._writes.accept(
-            repo.AcceptCall(
-                tenant_id=tenant.id,
-                key=request.key,
-                fingerprint=request.fingerprint,
-                method=request.method,
-                mode=request.mode,
-                workflow_path=request.workflow_path,
-                raw_path=request.raw_path,
-                query=request.query,
-                headers=request.headers,
-                body=request.body,
+        workflow = f"{request.mode}/{request.workflow_path}"
+        with tracing.span("accept", idempotency_key=request.key, workflow=workflow) as span:
+            accepted = await self._writes.accept(
+                repo.AcceptCall(
+                    tenant_id=tenant.id,
+                    key=request.key,
+                    fingerprint=request.fingerprint,
+                    method=request.method,
+                    mode=request.mode,
+                    workflow_path=request.workflow_path,
+                    raw_path=request.raw_path,
+                    query=request.query,
+                    # Traced, its delivery continues this span's trace.
+                    headers=tracing.with_context(request.headers),
+                    body=request.body,
+                )
             )
-        )
+            if accepted is not None:
+                tracing.note(span, claimed=accepted.claimed)
         if accepted is None:
             raise ExecutionInFlight(
                 "The key changed hands just now. Retry shortly.",
@@ -374,6 +382,14 @@ class ExecutionService:
                 owner=owner,
                 keep_seconds=self._settings.failed_key_retention_seconds,
             )
+
+
+def _note_started(span: tracing.Span | None, started: Started) -> None:
+    if isinstance(started, decisions.Replay):
+        tracing.note(span, decision="replay", execution_id=started.row.id)
+        return
+    lease = started.attempt
+    tracing.note(span, decision="run", execution_id=lease.execution_id, attempt=lease.number)
 
 
 def _not_retryable_reason(row: repo.ExecutionRow) -> str:

@@ -26,6 +26,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from app import tracing
 from app.errors import (
     N8nAnswerTooLarge,
     N8nStarting,
@@ -85,6 +86,8 @@ class _TooLarge(Exception):
 
 class _NotWritten(Exception):
     """The connection closed before the request was written whole: n8n cannot have run it."""
+
+    cause = "n8n-connection-closed"  # as its forward's span names it
 
 
 class UndecodableAnswer(Exception):
@@ -158,6 +161,8 @@ class N8nClient:
         self._base_url = base_url.rstrip("/")
         self._origin = str(URL(self._base_url).origin())
         self._base_path = URL(self._base_url).raw_path.rstrip("/")
+        self._host = URL(self._base_url).host or ""
+        self._port = URL(self._base_url).port or 0
         self._connect_timeout = min(connect_timeout, timeout)
         self._timeout = timeout
         self._max_connections = max_connections
@@ -274,6 +279,28 @@ class N8nClient:
         if outbound.stamp is not None:
             headers.extend(outbound.stamp())
         headers.setdefault("Accept-Encoding", "gzip, deflate")
+        with tracing.span("forward", kind="client", attributes=self._traced(outbound)) as span:
+            tracing.inject(headers)  # n8n continues this span's trace
+            response = await self._send_timed(outbound, url, headers)
+            tracing.note_standard(span, {"http.response.status_code": response.status})
+            tracing.note(span, answer=response.kind.value)
+            return response
+
+    def _traced(self, outbound: Outbound) -> dict[str, str | int] | None:
+        """What a forward's span says of it (never its query, headers or body); None while
+        tracing is off."""
+        if not tracing.active():
+            return None
+        return {
+            "http.request.method": outbound.method,
+            "server.address": self._host,
+            "server.port": self._port,
+            "url.path": outbound.path,
+        }
+
+    async def _send_timed(
+        self, outbound: Outbound, url: URL, headers: CIMultiDict[str]
+    ) -> N8nResponse:
         try:
             async with asyncio.timeout(self._timeout):
                 return await self._exchange(outbound, url, headers)
