@@ -143,6 +143,21 @@ class Settings(BaseSettings):
             "/openapi.json is always there."
         ),
     )
+    ui: bool = Field(
+        default=True,
+        description=(
+            "Serve the dashboard at /ui (sign-in with an API key; docs/dashboard.md). "
+            "false: /ui is 404."
+        ),
+    )
+    ui_session_seconds: int = Field(
+        default=8 * 3600,
+        ge=60,
+        le=30 * 24 * 3600,
+        description=(
+            "How long a dashboard sign-in lasts; revoking or expiring its API key ends it sooner."
+        ),
+    )
     log_format: Literal["text", "json"] = Field(
         default="text",
         description=(

@@ -40,6 +40,7 @@ from app.tenants.rate_limit import RateLimiter
 from app.tenants.service import Authenticator
 from app.tenants.signing import CACHE_SECONDS as signing_cache_seconds
 from app.tenants.signing import SigningSecrets
+from app.ui.routes import mount_ui
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIds)  # outermost: every answer, and every log line, has its id
     app.include_router(health_router)
     app.include_router(executions_router)
+    if settings.ui:
+        mount_ui(app)  # the dashboard at /ui: HTML pages, its own error pages
     # Last, so that every other route is matched first: they only document the paths that
     # the middlewares above serve.
     app.include_router(ingress_documentation)

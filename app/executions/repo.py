@@ -116,15 +116,85 @@ SELECT {_COLUMNS}
 FROM executions WHERE tenant_id = $1 AND idempotency_key = $2
 """
 
+# The list and its counts name only the filters given (ExecutionFilter): each combination is a
+# statement of its own, planned for the indexes it can use, rather than one statement of
+# `$n IS NULL OR ...` whose generic plan could use none. The fragments are constants; every
+# value goes through a parameter.
+#
+# The page's ids come first, from an index alone where the filters allow (tenant, status,
+# workflow): asked for whole rows in id order, the planner may walk the primary key instead,
+# through every newer row of the other tenants.
 LIST_RECENT = f"""
 SELECT {_COLUMNS}
 FROM executions
-WHERE tenant_id = $1
-  AND ($2::text IS NULL OR status = $2)
-  AND ($3::text IS NULL OR workflow_path = $3)
-  AND ($4::bigint IS NULL OR id < $4)
-ORDER BY id DESC
-LIMIT $5
+WHERE tenant_id = $1 AND id = ANY(ARRAY(
+    SELECT id FROM executions WHERE {{where}} ORDER BY id {{order}} LIMIT {{limit}}
+))
+ORDER BY id {{order}}
+"""
+# Counts per status under the other filters, each capped: the list's tabs say "10,000+" rather
+# than count a large tenant's rows on every page view. Each status's count walks its index
+# (tenant, status, id) under the cheap filters; any other filter needs the rows themselves,
+# read once for all statuses (COUNT_MATCHING), at most the cap of them.
+COUNT_BY_STATUS = """
+SELECT s.status, (
+    SELECT count(*) FROM (
+        SELECT 1 FROM executions WHERE {where} AND status = s.status LIMIT {cap}
+    ) AS capped
+) AS n
+FROM unnest(ARRAY['pending', 'running', 'completed', 'failed']) AS s(status)
+"""
+COUNT_MATCHING = """
+SELECT status, count(*) AS n
+FROM (SELECT status FROM executions WHERE {where} LIMIT {cap}) AS capped
+GROUP BY status
+"""
+STATUSES = ("pending", "running", "completed", "failed")
+# Filters counted per status: an index serves the workflow beside the status.
+_PER_STATUS_FILTERS = frozenset({"status", "workflow"})
+COUNT = "SELECT count(*) FROM (SELECT 1 FROM executions WHERE {where} LIMIT {cap}) AS capped"
+_FILTER_CLAUSES = {
+    "status": "status = {}",
+    "workflow": "workflow_path = {}",
+    "mode": "mode = {}",
+    "deliver_async": "deliver_async = {}",
+    "created_from": "created_at >= {}",
+    "created_to": "created_at < {}",
+    "finished_from": "finished_at >= {}",
+    "key_prefix": "idempotency_key LIKE {} ESCAPE '\\'",
+    "before_id": "id < {}",
+    "after_id": "id > {}",
+}
+
+FIND_REQUEST = """
+SELECT request_raw_path, request_query, request_headers, request_body
+FROM executions WHERE tenant_id = $1 AND id = $2
+"""
+
+# The tenant's part of the delivery queue, per webhook: how many wait, run and are due, the
+# oldest due item and its key. The queue holds no tenant data, so it has no RLS: the tenant
+# filter here is what scopes it (the key comes from `executions`, under RLS).
+QUEUE_SUMMARY = """
+SELECT q.target, q.depth, q.due, q.running, q.oldest_due_at, q.next_due_at, q.now,
+       e.idempotency_key AS oldest_key
+FROM (
+    SELECT target, count(*) AS depth,
+           count(*) FILTER (WHERE NOT running AND due_at <= now()) AS due,
+           count(*) FILTER (WHERE running) AS running,
+           min(due_at) FILTER (WHERE NOT running AND due_at <= now()) AS oldest_due_at,
+           min(due_at) FILTER (WHERE NOT running) AS next_due_at,
+           now() AS now
+    FROM delivery_queue WHERE tenant_id = $1
+    GROUP BY target
+) AS q
+LEFT JOIN LATERAL (
+    SELECT d.execution_id FROM delivery_queue d
+    WHERE d.target = q.target AND d.tenant_id = $1 AND NOT d.running
+    ORDER BY d.due_at
+    LIMIT 1
+) AS oldest ON true
+LEFT JOIN executions e ON e.tenant_id = $1 AND e.id = oldest.execution_id
+ORDER BY q.target
 """
 
 
@@ -155,6 +225,45 @@ class ExecutionRow:
     expires_at: datetime | None
     deliver_async: bool
     next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ExecutionFilter:
+    """Which executions a list shows; None: any. `key_prefix` is matched literally (LIKE's
+    wildcards in it are escaped)."""
+
+    status: str | None = None
+    workflow: str | None = None
+    mode: str | None = None
+    deliver_async: bool | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    finished_from: datetime | None = None
+    key_prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    """The request an async execution stored for its deliveries (sync ones store none)."""
+
+    raw_path: str
+    query: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class QueueTarget:
+    """One webhook's part of a tenant's delivery queue."""
+
+    target: str  # n8n mode and path: "webhook orders"
+    depth: int
+    due: int
+    running: int
+    oldest_due_at: datetime | None
+    next_due_at: datetime | None
+    now: datetime
+    oldest_key: str | None
 
 
 @dataclass(frozen=True)
@@ -476,10 +585,94 @@ async def list_recent(
     conn: AnyConnection,
     *,
     tenant_id: UUID,
-    status: str | None,
-    workflow: str | None,
-    before_id: int | None,
+    filters: ExecutionFilter,
+    before_id: int | None = None,
+    after_id: int | None = None,
     limit: int,
 ) -> list[ExecutionRow]:
-    records = await conn.fetch(LIST_RECENT, tenant_id, status, workflow, before_id, limit)
+    """Newest first, older than `before_id`; or, with `after_id`, the oldest newer than it,
+    oldest first (the page before, for the caller to turn round)."""
+    where, args = _where(tenant_id, filters, before_id=before_id, after_id=after_id)
+    order = "DESC" if after_id is None else "ASC"
+    statement = LIST_RECENT.format(where=where, order=order, limit=f"${len(args) + 1}")
+    records = await conn.fetch(statement, *args, limit)
     return [ExecutionRow(**dict(record)) for record in records]
+
+
+@dataclass(frozen=True)
+class StatusCounts:
+    counts: dict[str, int]  # every status, 0 when none
+    at_least: frozenset[str]  # statuses whose count stopped at the cap: there are more
+
+
+async def count_by_status(
+    conn: AnyConnection, *, tenant_id: UUID, filters: ExecutionFilter, cap: int
+) -> StatusCounts:
+    """How many executions of each status match (`filters.status` aside), up to `cap`."""
+    values = {**_filter_values(filters), "status": None}
+    where, args = _where(tenant_id, ExecutionFilter(**values))
+    indexed = {name for name, value in values.items() if value is not None} <= _PER_STATUS_FILTERS
+    template = COUNT_BY_STATUS if indexed else COUNT_MATCHING
+    records = await conn.fetch(template.format(where=where, cap=f"${len(args) + 1}"), *args, cap)
+    counts = dict.fromkeys(STATUSES, 0) | {r["status"]: r["n"] for r in records}
+    if indexed:
+        return StatusCounts(counts, frozenset(s for s, n in counts.items() if n >= cap))
+    return StatusCounts(counts, frozenset(STATUSES if sum(counts.values()) >= cap else ()))
+
+
+async def count(conn: AnyConnection, *, tenant_id: UUID, filters: ExecutionFilter, cap: int) -> int:
+    """How many executions match `filters`, up to `cap`."""
+    where, args = _where(tenant_id, filters)
+    counted: int = await conn.fetchval(
+        COUNT.format(where=where, cap=f"${len(args) + 1}"), *args, cap
+    )
+    return counted
+
+
+def _where(
+    tenant_id: UUID,
+    filters: ExecutionFilter,
+    *,
+    before_id: int | None = None,
+    after_id: int | None = None,
+) -> tuple[str, list[Any]]:
+    """The WHERE clause for `filters`, from constant fragments, and its parameters."""
+    values = {**_filter_values(filters), "before_id": before_id, "after_id": after_id}
+    if filters.key_prefix is not None:
+        values["key_prefix"] = like_prefix(filters.key_prefix)
+    clauses, args = ["tenant_id = $1"], [tenant_id]
+    for name, clause in _FILTER_CLAUSES.items():
+        if values[name] is not None:
+            args.append(values[name])
+            clauses.append(clause.format(f"${len(args)}"))
+    return " AND ".join(clauses), args
+
+
+def _filter_values(filters: ExecutionFilter) -> dict[str, Any]:
+    return {f.name: getattr(filters, f.name) for f in fields(ExecutionFilter)}
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern (ESCAPE '\\') that matches what starts with `prefix`, literally."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+async def find_request(
+    conn: AnyConnection, *, tenant_id: UUID, execution_id: int
+) -> StoredRequest | None:
+    record = await conn.fetchrow(FIND_REQUEST, tenant_id, execution_id)
+    if record is None or record["request_raw_path"] is None:
+        return None
+    headers = json.loads(record["request_headers"]) if record["request_headers"] else []
+    return StoredRequest(
+        raw_path=record["request_raw_path"],
+        query=record["request_query"] or "",
+        headers=[(name, value) for name, value in headers],
+        body=record["request_body"] or b"",
+    )
+
+
+async def queue_summary(conn: AnyConnection, *, tenant_id: UUID) -> list[QueueTarget]:
+    records = await conn.fetch(QUEUE_SUMMARY, tenant_id)
+    return [QueueTarget(**dict(record)) for record in records]

@@ -6,6 +6,7 @@ serves them ahead of FastAPI's routing.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -19,6 +20,7 @@ from app.errors import (
     ReadOnlyKey,
     Unauthorized,
 )
+from app.executions.repo import ExecutionFilter
 from app.executions.schemas import (
     Execution,
     ExecutionPage,
@@ -96,17 +98,39 @@ async def list_executions(
     tenant: CurrentTenant,
     status: Literal["pending", "running", "completed", "failed"] | None = None,
     workflow: Annotated[str | None, Query(max_length=2048)] = None,
+    mode: Literal["webhook", "webhook-test"] | None = None,
+    key_prefix: Annotated[
+        str | None, Query(min_length=1, max_length=255, description="Keys that start so.")
+    ] = None,
+    created_after: Annotated[datetime | None, Query(description="Created at or after.")] = None,
+    created_before: Annotated[datetime | None, Query(description="Created before.")] = None,
     limit: Annotated[int, Query(ge=1)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> ExecutionPage:
+    """Newest first; each filter given narrows the list. Pass `next_cursor` for older ones."""
     if limit > services.settings.list_max_limit:
         raise InvalidRequest(f"limit may be at most {services.settings.list_max_limit}.")
-    page = await services.executions.list_recent(
-        tenant=tenant,
+    filters = ExecutionFilter(
         status=status,
         workflow=workflow,
+        mode=mode,
+        key_prefix=key_prefix,
+        created_from=_aware(created_after, "created_after"),
+        created_to=_aware(created_before, "created_before"),
+    )
+    page = await services.executions.list_recent(
+        tenant=tenant,
+        filters=filters,
         before_id=decode_cursor(cursor) if cursor else None,
         limit=limit,
     )
     next_cursor = encode_cursor(page.next_before_id) if page.next_before_id else None
     return ExecutionPage(items=[summary_of(row) for row in page.items], next_cursor=next_cursor)
+
+
+def _aware(moment: datetime | None, name: str) -> datetime | None:
+    if moment is not None and moment.tzinfo is None:
+        raise InvalidRequest(
+            f"{name} needs a time zone: add Z or an offset (2026-12-06T14:00:00Z)."
+        )
+    return moment

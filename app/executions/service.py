@@ -49,13 +49,22 @@ Started = decisions.Run | decisions.Replay
 @dataclass(frozen=True)
 class Page:
     items: list[repo.ExecutionRow]
-    next_before_id: int | None
+    next_before_id: int | None  # older ones follow
+    newer_after_id: int | None = None  # newer ones come before (a page asked with after_id)
 
 
 @dataclass(frozen=True)
 class ExecutionDetail:
     row: repo.ExecutionRow
     attempts: list[repo.AttemptRow]
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """An execution with its attempts and, for an async one, the request it stored."""
+
+    detail: ExecutionDetail
+    request: repo.StoredRequest | None
 
 
 class ExecutionService:
@@ -206,23 +215,63 @@ class ExecutionService:
         self,
         *,
         tenant: Tenant,
-        status: Status | None,
-        workflow: str | None,
+        filters: repo.ExecutionFilter,
         before_id: int | None,
         limit: int,
+        after_id: int | None = None,
     ) -> Page:
+        """A page of executions, newest first: those older than `before_id`, or with
+        `after_id` the page just newer than it (keyset pagination both ways)."""
         async with db.tenant_transaction(self._pool, tenant.id) as conn:
             rows = await repo.list_recent(
                 conn,
                 tenant_id=tenant.id,
-                status=status,
-                workflow=workflow,
+                filters=filters,
                 before_id=before_id,
+                after_id=after_id,
                 limit=limit + 1,
             )
         more = len(rows) > limit
-        items = rows[:limit]
-        return Page(items=items, next_before_id=items[-1].id if more else None)
+        if after_id is None:
+            items = rows[:limit]
+            older = items[-1].id if more else None
+            newer = items[0].id if before_id is not None and items else None
+            return Page(items=items, next_before_id=older, newer_after_id=newer)
+        items = rows[:limit][::-1]
+        return Page(
+            items=items,
+            next_before_id=items[-1].id if items else None,
+            newer_after_id=items[0].id if more else None,
+        )
+
+    async def count_by_status(
+        self, *, tenant: Tenant, filters: repo.ExecutionFilter, cap: int
+    ) -> repo.StatusCounts:
+        """Executions per status under `filters` (their status aside), counted up to `cap`."""
+        async with db.tenant_transaction(self._pool, tenant.id) as conn:
+            return await repo.count_by_status(conn, tenant_id=tenant.id, filters=filters, cap=cap)
+
+    async def count(self, *, tenant: Tenant, filters: repo.ExecutionFilter, cap: int) -> int:
+        """Executions that match `filters`, counted up to `cap`."""
+        async with db.tenant_transaction(self._pool, tenant.id) as conn:
+            return await repo.count(conn, tenant_id=tenant.id, filters=filters, cap=cap)
+
+    async def inspect(self, *, tenant: Tenant, key: str) -> Inspection:
+        """Everything the gateway keeps about one execution, request included."""
+        async with db.tenant_transaction(self._pool, tenant.id) as conn:
+            row = await repo.find_by_key(conn, tenant_id=tenant.id, key=key)
+            if row is None:
+                raise ExecutionNotFound(
+                    f"No execution with Idempotency-Key {key!r} for this API key."
+                )
+            attempts = await repo.list_attempts(conn, tenant_id=tenant.id, execution_id=row.id)
+            request = await repo.find_request(conn, tenant_id=tenant.id, execution_id=row.id)
+        return Inspection(detail=ExecutionDetail(row=row, attempts=attempts), request=request)
+
+    async def queue_summary(self, *, tenant: Tenant) -> list[repo.QueueTarget]:
+        """The tenant's async deliveries waiting or running, per webhook."""
+        async with db.tenant_transaction(self._pool, tenant.id) as conn:
+            return await repo.queue_summary(conn, tenant_id=tenant.id)
 
     async def drain(self, *, grace_seconds: float) -> None:
         """Wait for claimed executions to be forwarded and recorded (shutdown)."""

@@ -1,0 +1,1 @@
+"""The dashboard at /ui (docs/dashboard.md)."""

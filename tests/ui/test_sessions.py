@@ -1,0 +1,230 @@
+"""Signing in to the dashboard: the sign-in page, the session cookie, its end, and the forms'
+protection against other sites (CSRF), over HTTP against the real app."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+import app.ui.sessions
+from app.config import Settings
+from app.tenants import repo as tenants_repo
+from app.tenants.service import create_key
+from tests.conftest import gateway_client, new_api_key
+from tests.ui.support import field, sign_in, text_of
+
+
+async def test_the_dashboard_without_a_session_answers_the_sign_in_page(
+    settings: Settings, api_key: str
+) -> None:
+    async with gateway_client(settings, api_key) as client:  # an API key alone signs nothing in
+        page = await client.get("/ui")
+        slashed = await client.get("/ui/")
+        deep = await client.get("/ui/executions/order%2F42?x=1")
+    for answer in (page, slashed, deep):
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/html")
+        assert "Sign in" in answer.text
+        assert 'name="api_key"' in answer.text
+    assert field(deep.text, "next") == "/executions/order/42?x=1"
+    form_cookie = page.headers["set-cookie"]
+    assert "n8n_gate_form=" in form_cookie
+    for attribute in ("HttpOnly", "SameSite=strict", "Path=/ui"):
+        assert attribute.lower() in form_cookie.lower()
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["cache-control"] == "no-store"
+
+
+async def test_sign_in_sets_a_signed_http_only_strict_cookie_that_expires(
+    settings: Settings, database_url: str
+) -> None:
+    api_key = await new_api_key(database_url, tenant_name="acme-ui")
+    async with gateway_client(settings, None) as client:
+        page = await client.get("/ui")
+        signed = await client.post(
+            "/ui/sign-in",
+            data={
+                "form_token": field(page.text, "form_token"),
+                "api_key": api_key,
+                "next": "/queue",
+            },
+        )
+        home = await client.get("/ui/queue")
+    assert signed.status_code == 303
+    assert signed.headers["location"] == "/ui/queue"
+    cookie = next(c for c in signed.headers.get_list("set-cookie") if "n8n_gate_session=" in c)
+    for attribute in ("HttpOnly", "SameSite=strict", "Path=/ui", "Max-Age=28800"):
+        assert attribute.lower() in cookie.lower()
+    assert "secure" not in cookie.lower()  # plain http: a Secure cookie would never come back
+    secret_part = api_key.split("_", 2)[2]
+    assert secret_part not in cookie
+    assert api_key not in cookie
+    assert "acme-ui" in home.text
+    assert "Delivery queue" in home.text
+
+
+async def test_over_https_the_cookie_is_secure(settings: Settings, api_key: str) -> None:
+    async with gateway_client(settings, None) as client:
+        client.base_url = "https://gate.test"
+        await sign_in(client, api_key)
+        cookies = [c for c in client.cookies.jar if c.name == "n8n_gate_session"]
+    assert cookies
+    assert all(c.secure for c in cookies)
+
+
+async def test_a_wrong_key_gets_the_sign_in_page_again_with_401(
+    settings: Settings, api_key: str
+) -> None:
+    async with gateway_client(settings, None) as client:
+        page = await client.get("/ui")
+        token = field(page.text, "form_token")
+        wrong = await client.post(
+            "/ui/sign-in", data={"form_token": token, "api_key": api_key[:-3] + "xyz"}
+        )
+        malformed = await client.post("/ui/sign-in", data={"form_token": token, "api_key": "x"})
+    for answer in (wrong, malformed):
+        assert answer.status_code == 401
+        assert "unknown, revoked or expired" in answer.text
+        assert "n8n_gate_session" not in answer.headers.get("set-cookie", "")
+
+
+async def test_sign_out_ends_the_session(settings: Settings, api_key: str) -> None:
+    async with gateway_client(settings, None) as client:
+        token = await sign_in(client, api_key)
+        out = await client.post("/ui/sign-out", data={"form_token": token})
+        after = await client.get("/ui/")
+    assert out.status_code == 303
+    assert 'n8n_gate_session=""' in out.headers["set-cookie"]
+    assert "Max-Age=0" in out.headers["set-cookie"]
+    assert 'name="api_key"' in after.text
+
+
+async def test_a_session_ends_when_it_expires_or_its_key_is_revoked(
+    settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        key = await create_key(conn, tenant_name="expiring-ui")
+        async with gateway_client(settings, None) as client:
+            await sign_in(client, key.secret)
+            later = _Clock(offset=settings.ui_session_seconds + 1)
+            with monkeypatch.context() as patched:
+                patched.setattr(app.ui.sessions, "time", later)
+                expired = await client.get("/ui/")
+            assert 'name="api_key"' in expired.text
+            assert "expiring-ui" in (await client.get("/ui/")).text  # not expired yet
+            await tenants_repo.revoke_key(conn, prefix=key.prefix)
+            revoked = await client.get("/ui/")
+    finally:
+        await conn.close()
+    assert 'name="api_key"' in revoked.text
+
+
+async def test_a_tampered_or_borrowed_cookie_is_no_session(
+    settings: Settings, api_key: str, database_url: str
+) -> None:
+    other_key = await new_api_key(database_url)
+    async with gateway_client(settings, None) as client:
+        await sign_in(client, api_key)
+        cookie = client.cookies["n8n_gate_session"]
+        prefix, _, token = cookie.partition(".")
+        other_prefix = other_key.split("_")[1]
+        forged = {
+            "flipped": f"{prefix}.{token[:-2]}{'A' if token[-2] != 'A' else 'B'}{token[-1]}",
+            "borrowed prefix": f"{other_prefix}.{token}",
+            "garbage": "not-a-session",
+        }
+        for what, value in forged.items():
+            client.cookies.clear()
+            client.cookies.set("n8n_gate_session", value, domain="gate.test", path="/ui")
+            page = await client.get("/ui/")
+            assert 'name="api_key"' in page.text, what
+
+
+class _Clock:
+    def __init__(self, *, offset: float) -> None:
+        import time
+
+        self._now = time.time() + offset
+
+    def time(self) -> float:
+        return self._now
+
+
+async def test_forms_without_the_session_token_or_from_another_site_are_refused(
+    settings: Settings, api_key: str
+) -> None:
+    async with gateway_client(settings, None) as client:
+        token = await sign_in(client, api_key)
+        missing = await client.post("/ui/dead-letters/retry", data={"key": "k"})
+        wrong = await client.post(
+            "/ui/dead-letters/retry", data={"key": "k", "form_token": "0" * 64}
+        )
+        cross_site = await client.post(
+            "/ui/dead-letters/retry",
+            data={"key": "k", "form_token": token},
+            headers={"Sec-Fetch-Site": "cross-site"},
+        )
+        foreign_origin = await client.post(
+            "/ui/dead-letters/retry",
+            data={"key": "k", "form_token": token},
+            headers={"Origin": "https://evil.example"},
+        )
+        sign_out = await client.post("/ui/sign-out", data={})
+        accepted = await client.post(
+            "/ui/dead-letters/retry",
+            data={"key": "k", "form_token": token},
+            headers={"Origin": "http://gate.test", "Sec-Fetch-Site": "same-origin"},
+        )
+    for refused in (missing, wrong, cross_site, foreign_origin, sign_out):
+        assert refused.status_code == 403
+        assert refused.headers["content-type"].startswith("text/html")
+        assert "Form refused" in refused.text
+    assert accepted.status_code == 200  # the form went through: "k" is just not a dead letter
+    assert "Not retried" in accepted.text
+
+
+async def test_the_sign_in_form_is_protected_too(settings: Settings, api_key: str) -> None:
+    async with gateway_client(settings, None) as client:
+        no_cookie = await client.post(
+            "/ui/sign-in", data={"form_token": "t" * 43, "api_key": api_key}
+        )
+        page = await client.get("/ui")
+        token = field(page.text, "form_token")
+        cross_site = await client.post(
+            "/ui/sign-in",
+            data={"form_token": token, "api_key": api_key},
+            headers={"Sec-Fetch-Site": "cross-site"},
+        )
+    for refused in (no_cookie, cross_site):
+        assert refused.status_code == 403
+        assert "n8n_gate_session" not in refused.headers.get("set-cookie", "")
+
+
+@pytest.mark.parametrize("next_path", ["//evil.example/x", "https://evil.example", "/\\evil"])
+async def test_sign_in_never_sends_the_browser_elsewhere(
+    settings: Settings, api_key: str, next_path: str
+) -> None:
+    async with gateway_client(settings, None) as client:
+        page = await client.get("/ui")
+        signed = await client.post(
+            "/ui/sign-in",
+            data={
+                "form_token": field(page.text, "form_token"),
+                "api_key": api_key,
+                "next": next_path,
+            },
+        )
+    assert signed.headers["location"] == "/ui/"
+
+
+async def test_nothing_secret_reaches_the_pages(settings: Settings, api_key: str) -> None:
+    async with gateway_client(settings, None) as client:
+        await sign_in(client, api_key)
+        pages = [await client.get(path) for path in ("/ui/", "/ui/dead-letters", "/ui/queue")]
+    for page in pages:
+        assert api_key not in page.text
+        assert api_key.split("_", 2)[2] not in text_of(page.text)
