@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from app import db
+from app import db, metrics
 from app.alerts import repo as alerts_repo
 from app.executions import repo
 from app.tasks import cancel_and_wait
@@ -61,6 +61,7 @@ class Reaper:
                     conn, batch_size=self._batch_size, keep_seconds=self._failed_keep_seconds
                 )
             total += ended
+            metrics.OUTCOME_UNKNOWN.inc(ended)
             if ended < self._batch_size:
                 return total
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import aiohttp
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.conftest import ClientFactory, new_api_key
 from tests.support.fake_n8n import FakeN8n
@@ -235,12 +236,15 @@ async def test_a_sync_execution_whose_process_died_ends_failed_and_expires(
     key = f"abandoned-{uuid.uuid4()}"
     headers = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": key}
     await kill_9_mid_forward(gateway_env, n8n, headers)
+    unknown_before = REGISTRY.get_sample_value("n8n_gate_outcome_unknown_total") or 0
     async with make_client(api_key=api_key, reaper_interval_seconds=0) as client:
         deadline = time.monotonic() + 10
         while not await client.services.reaper.end_abandoned_once():  # once the lease ran out
             assert time.monotonic() < deadline, "never ended"
             await asyncio.sleep(0.1)
         status = (await client.get(f"/v1/executions/{key}")).json()
+    # Counted where it ended (other tests' abandoned executions may end in the same pass).
+    assert (REGISTRY.get_sample_value("n8n_gate_outcome_unknown_total") or 0) > unknown_before
     assert (status["status"], status["outcome_unknown"]) == ("failed", True)
     assert status["last_error"]["type"] == "abandoned"
     assert status["expires_at"] is not None
