@@ -148,6 +148,10 @@ def _with_trace_ids(
     return make
 
 
+# What marks a statement's span, under the old and the new semantic conventions.
+_QUERY_MARKS = frozenset({"db.system", "db.system.name"})
+
+
 def _no_lone_queries(sampler: Sampler) -> Sampler:
     """`sampler` (OTEL_TRACES_SAMPLER's), except that a statement outside any span is dropped:
     the delivery workers' and the reaper's polls would each be a trace of their own, every
@@ -169,7 +173,7 @@ def _no_lone_queries(sampler: Sampler) -> Sampler:
             trace_state: TraceState | None = None,
         ) -> SamplingResult:
             parent = get_current_span(parent_context).get_span_context()
-            if not parent.is_valid and attributes and "db.system" in attributes:
+            if not parent.is_valid and attributes and not _QUERY_MARKS.isdisjoint(attributes):
                 return SamplingResult(Decision.DROP)
             return sampler.should_sample(
                 parent_context, trace_id, name, kind, attributes, links, trace_state

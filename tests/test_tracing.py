@@ -386,6 +386,28 @@ async def test_log_lines_carry_the_trace_and_span_they_belong_to(
     assert (line["trace_id"], line["span_id"]) == (TRACE_ID, f"{span_id(server):016x}")
 
 
+async def test_server_spans_are_named_by_route_template(
+    spans: InMemorySpanExporter, settings: Settings, api_key: str, n8n: FakeN8n
+) -> None:
+    key = new_key()
+    async with gateway_client(settings, api_key) as client:
+        for method, path in (
+            ("POST", f"/webhook-test/echo/{uuid.uuid4()}"),
+            ("POST", f"/in/{uuid.uuid4().hex}"),
+            ("GET", f"/v1/executions/{key}"),
+            ("DELETE", f"/no/such/{uuid.uuid4().hex}"),
+        ):
+            answer = await client.request(method, path, headers={"Idempotency-Key": key})
+            assert answer.status_code < 500, answer.text
+    names = {span.name for span in spans.get_finished_spans() if span.kind is SpanKind.SERVER}
+    assert names == {
+        "POST /webhook-test/{path:path}",
+        "POST /in/{route}",
+        "GET /v1/executions/{key:path}",
+        "DELETE",
+    }
+
+
 async def test_statements_outside_any_span_make_no_trace(
     spans: InMemorySpanExporter, settings: Settings, api_key: str
 ) -> None:
