@@ -88,23 +88,38 @@ def active() -> bool:
 
 def start(processor: SpanProcessor | None = None) -> None:
     """Traces for this process: to `processor` (tests), else to the OTLP/HTTP exporter the
-    standard OTEL_EXPORTER_OTLP_* variables configure. Once per process: again, nothing."""
+    standard OTEL_EXPORTER_OTLP_* variables configure. Once per process: again, nothing.
+
+    Variables this gateway cannot follow leave traces off with an error logged, rather than
+    stop a worker (a supervisor would start it again and again): `check_environment` is for
+    refusing them before serving."""
     global _active
     with _lock:
         if _active is not None:
             return
-        _active = _build(processor if processor is not None else _otlp_processor())
-    logger.info("traces on: exporting spans over OTLP/HTTP")
+        try:
+            chosen = processor if processor is not None else _otlp_processor()
+        except TracingConfigError as exc:
+            logger.error("traces stay off: %s", exc)
+            return
+        _active = _build(chosen)
+    logger.info("traces on: exporting spans")
 
 
-def _otlp_processor() -> SpanProcessor:
+def check_environment(environ: Mapping[str, str] = os.environ) -> None:
+    """Raises TracingConfigError when the OTEL_* variables ask for an exporter this gateway
+    does not have (`serve` may call it first, for a one-line message)."""
     for name in PROTOCOL_VARIABLES:
-        protocol = os.environ.get(name, "").strip()
+        protocol = environ.get(name, "").strip()
         if protocol and protocol != "http/protobuf":
             raise TracingConfigError(
                 f"{name}={protocol}: this gateway exports traces over OTLP/HTTP with protobuf "
                 "only; set it to http/protobuf or unset it."
             )
+
+
+def _otlp_processor() -> SpanProcessor:
+    check_environment()
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 

@@ -140,6 +140,33 @@ def test_only_well_formed_trace_context_is_forwarded(
     assert valid_trace_context([*others, *sent]) == [*others, *expected]
 
 
+@pytest.mark.parametrize(
+    ("environ", "wanted"),
+    [
+        ({}, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": " "}, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, True),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, True),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "TRUE"}, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"}, False),
+    ],
+)
+def test_traces_are_on_only_when_an_endpoint_is_set(environ: dict[str, str], wanted: bool) -> None:
+    assert tracing.requested(environ) is wanted
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/json"])
+def test_another_otlp_protocol_is_refused_and_leaves_traces_off(
+    protocol: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    with pytest.raises(tracing.TracingConfigError, match="http/protobuf"):
+        tracing.check_environment()
+    tracing.start()  # a worker serves on, untraced, and says why
+    assert not tracing.active()
+    assert [r.levelname for r in caplog.records if "traces stay off" in r.getMessage()] == ["ERROR"]
+
+
 async def test_with_traces_off_the_callers_context_reaches_n8n_as_sent(
     settings: Settings, api_key: str, n8n: FakeN8n
 ) -> None:
