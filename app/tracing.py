@@ -24,7 +24,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ class _Tracing:
     tracer: Tracer
     instrumentations: list[Any]
     previous_log_record_factory: Callable[..., logging.LogRecord]
+    apps: list[Any] = field(default_factory=list)
 
 
 _active: _Tracing | None = None
@@ -221,6 +222,7 @@ def instrument(app: Any) -> None:
         http_capture_headers_server_response=[],
         exclude_spans=["receive", "send"],
     )
+    _active.apps.append(app)
 
 
 def _without_query(span: Span, scope: dict[str, Any]) -> None:
@@ -242,6 +244,11 @@ async def shutdown(seconds: float = SHUTDOWN_SECONDS) -> None:
         tracing, _active = _active, None
     if tracing is None:
         return
+    if tracing.apps:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        for app in tracing.apps:
+            FastAPIInstrumentor.uninstrument_app(app)
     for instrumentation in tracing.instrumentations:
         instrumentation.uninstrument()
     logging.setLogRecordFactory(tracing.previous_log_record_factory)

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 
+import asyncpg
 import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -23,6 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -56,7 +58,10 @@ async def spans() -> AsyncIterator[InMemorySpanExporter]:
         yield exporter
     finally:
         await tracing.shutdown()
+    # Nothing is left patched for the tests that follow.
     assert logging.getLogRecordFactory() is log_records
+    assert not hasattr(asyncpg.Connection.execute, "__wrapped__")
+    assert not hasattr(BackgroundTask, "_otel_original_call")
 
 
 def in_trace(spans: InMemorySpanExporter, trace_id: int) -> list[ReadableSpan]:
