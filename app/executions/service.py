@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from app import db, tracing
+from app import db, metrics, tracing
 from app.config import Settings
 from app.errors import (
     ExecutionInFlight,
@@ -192,6 +192,7 @@ class ExecutionService:
             requeued = await repo.requeue_failed(
                 conn, tenant_id=tenant.id, key=key, workflow=None, failed_since=None, limit=1
             )
+        metrics.RETRIES_REQUESTED.inc(len(requeued))
         detail = await self.get(tenant=tenant, key=key)
         if not requeued and detail.row.status != "pending":
             raise NotRetryable(_not_retryable_reason(detail.row))
@@ -202,7 +203,7 @@ class ExecutionService:
     ) -> list[str]:
         """Put up to `limit` failed async executions back in the queue; return their keys."""
         async with db.connection(self._pool) as conn:
-            return await repo.requeue_failed(
+            requeued = await repo.requeue_failed(
                 conn,
                 tenant_id=tenant.id,
                 key=None,
@@ -210,6 +211,8 @@ class ExecutionService:
                 failed_since=failed_since,
                 limit=limit,
             )
+        metrics.RETRIES_REQUESTED.inc(len(requeued))
+        return requeued
 
     async def list_recent(
         self,
