@@ -33,6 +33,8 @@ from app.tenants.signing import SigningSecrets
 logger = logging.getLogger(__name__)
 
 MAX_ANSWER_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADERS = 128
 # Alerts a process without GATE_ALERT_URL drops per look.
 DROP_BATCH = 500
 USER_AGENT = "n8n-gate"
@@ -175,12 +177,16 @@ class AlertSender:
 
 def _session(timeout: float) -> aiohttp.ClientSession:
     """Alerts are few: a connection each, closed after it. TLS verified against the system's
-    CAs or SSL_CERT_FILE; no cookies kept; no answer decoded (it is dropped unread)."""
+    CAs or SSL_CERT_FILE; no cookies kept; the answer's head bounded, its body never decoded
+    (it is dropped)."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, force_close=True, ssl=ssl.create_default_context()),
         timeout=aiohttp.ClientTimeout(total=timeout),
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
+        max_line_size=MAX_HEADER_BYTES,
+        max_field_size=MAX_HEADER_BYTES,
+        max_headers=MAX_HEADERS,
     )
 
 

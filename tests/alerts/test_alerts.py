@@ -266,6 +266,36 @@ async def test_an_alert_refused_every_time_is_given_up_logged_and_listed(
     assert "last error: answered 429" in line
 
 
+async def test_a_send_without_an_answer_is_a_failed_send(
+    make_client: ClientFactory,
+    database_url: str,
+    receiver: tuple[AlertReceiver, str],
+    unreachable_n8n_url: str,
+) -> None:
+    """Refused, or no answer within GATE_ALERT_TIMEOUT_SECONDS: tried again, then given up;
+    the error names neither the URL's path nor its query."""
+    alerts, url = receiver
+    alerts.hold()
+    tenant, api_key = await new_tenant(database_url)
+    refused, silent = new_key(), new_key()
+    settings = {**QUICK, "alert_max_sends": 2, "alert_timeout_seconds": 0.3}
+    for key, alert_url in (
+        (refused, f"{unreachable_n8n_url}/hook/T0/s3cr3t?token=x"),
+        (silent, url),
+    ):
+        async with make_client(api_key=api_key, alert_url=alert_url, **settings) as client:
+            await client.post("/webhook/guarded", headers={**ASYNC, "Idempotency-Key": key})
+            await until_alert(database_url, tenant, key, "failed")
+    alerts.release()
+    rows = {row.idempotency_key: row for row in await alert_rows(database_url, tenant)}
+    assert rows[refused].sends == 2
+    assert rows[refused].last_error.startswith("ClientConnectorError: ")  # type: ignore[union-attr]
+    assert "s3cr3t" not in rows[refused].last_error  # type: ignore[operator]
+    assert "token" not in rows[refused].last_error  # type: ignore[operator]
+    assert (rows[silent].sends, rows[silent].last_error) == (2, "no answer within 0.3 s")
+    assert len(alerts.for_key(silent)) == 2
+
+
 async def test_two_gateways_send_each_alert_once(
     make_client: ClientFactory, database_url: str, receiver: tuple[AlertReceiver, str]
 ) -> None:
