@@ -44,6 +44,7 @@ from app.errors import (
 )
 from app.executions.repo import STATUSES, ExecutionRow, QueueTarget
 from app.executions.schemas import encode_cursor
+from app.forwarding.headers import is_trusted
 from app.ui import views
 from app.ui.sessions import Session, Sessions, form_token_matches
 
@@ -610,7 +611,14 @@ def _lifetime(visit: Visit) -> int:
 
 
 def _https(visit: Visit) -> bool:
-    return visit.request.url.scheme == "https"
+    """Whether the browser reached the dashboard over https: directly, or through a proxy
+    trusted with X-Forwarded-Proto (GATE_TRUSTED_PROXIES)."""
+    request = visit.request
+    if request.url.scheme == "https":
+        return True
+    proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    peer = request.client.host if request.client else None
+    return proto == "https" and is_trusted(peer, visit.services.settings.trusted_proxy_networks)
 
 
 def _cookie_path(visit: Visit) -> str:

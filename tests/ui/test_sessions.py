@@ -10,7 +10,7 @@ import app.ui.sessions
 from app.config import Settings
 from app.tenants import repo as tenants_repo
 from app.tenants.service import create_key
-from tests.conftest import gateway_client, new_api_key
+from tests.conftest import ClientFactory, gateway_client, new_api_key
 from tests.ui.support import field, sign_in, text_of
 
 
@@ -73,6 +73,23 @@ async def test_over_https_the_cookie_is_secure(settings: Settings, api_key: str)
         cookies = [c for c in client.cookies.jar if c.name == "n8n_gate_session"]
     assert cookies
     assert all(c.secure for c in cookies)
+
+
+@pytest.mark.parametrize(("trusted", "secure"), [("127.0.0.1", True), ("", False)])
+async def test_behind_a_trusted_proxy_saying_https_the_cookie_is_secure(
+    make_client: ClientFactory, api_key: str, trusted: str, secure: bool
+) -> None:
+    async with make_client(trusted_proxies=trusted, api_key=None) as client:
+        client.headers["X-Forwarded-Proto"] = "https"
+        page = await client.get("/ui")
+        token = field(page.text, "form_token")
+        signed = await client.post(  # as a browser on https would, with the Secure form cookie
+            "/ui/sign-in",
+            data={"form_token": token, "api_key": api_key},
+            headers={"Cookie": f"n8n_gate_form={token}"},
+        )
+    cookie = next(c for c in signed.headers.get_list("set-cookie") if "n8n_gate_session=" in c)
+    assert ("; secure" in cookie.lower()) is secure
 
 
 async def test_a_wrong_key_gets_the_sign_in_page_again_with_401(
