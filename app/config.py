@@ -478,6 +478,9 @@ def _describe(exc: ValidationError) -> str:
         return f"invalid settings: {first['msg']}"
     name = str(first["loc"][0])
     env_name = name.upper() if name.isupper() or name in _UNPREFIXED else f"GATE_{name.upper()}"
+    field = Settings.model_fields.get(name)
+    if field is not None and not field.repr:  # a secret (an alert URL, a token): never shown
+        return f"invalid setting {env_name}: {first['msg']}"
     return f"invalid setting {env_name}: {first['msg']} (got {_masked(first.get('input'))!r})"
 
 
