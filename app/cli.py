@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from app import metrics, migrations
+from app import OPERATOR_METRICS_DIR, WORKERS_METRICS_DIR_VARIABLE, metrics, migrations
 from app.alerts import repo as alerts_repo
 from app.config import ConfigError, Settings, load_settings
 from app.embedded import EmbeddedUnavailable, start_embedded
@@ -175,15 +175,15 @@ def _share_metrics_between_workers() -> None:
     """Worker processes write their metrics to files in one directory, which a scrape of any
     of them reads whole (prometheus-client's multiprocess mode): the operator's
     PROMETHEUS_MULTIPROC_DIR, else a private one removed at exit. Emptied first: an earlier
-    run's values must not count."""
-    chosen = os.environ.get(metrics.MULTIPROCESS_DIR_VARIABLE)
-    if chosen:
-        directory = Path(chosen)
+    run's values must not count. This process itself keeps its (unused) values in memory
+    (app/__init__.py)."""
+    if OPERATOR_METRICS_DIR:
+        directory = Path(OPERATOR_METRICS_DIR)
     else:
         directory = Path(tempfile.mkdtemp(prefix="n8n-gate-metrics-"))
         atexit.register(shutil.rmtree, directory, ignore_errors=True)
     metrics.prepare_multiprocess_directory(directory)
-    os.environ[metrics.MULTIPROCESS_DIR_VARIABLE] = str(directory)
+    os.environ[WORKERS_METRICS_DIR_VARIABLE] = str(directory)
 
 
 def _keys_signing_secret(args: argparse.Namespace, settings: Settings) -> int:

@@ -10,6 +10,14 @@ from typing import Literal
 from pydantic import AnyHttpUrl, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Each named workflow is a label value in every histogram bucket: a bound, not a suggestion.
+MAX_METRICS_WORKFLOWS = 200
+
+
+def workflow_paths(listed: str) -> list[str]:
+    """GATE_METRICS_WORKFLOWS as paths: split on commas, blanks and slashes at the ends dropped."""
+    return [path.strip().strip("/") for path in listed.split(",") if path.strip().strip("/")]
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -181,13 +189,12 @@ class Settings(BaseSettings):
             "<this token>` (401 without it); unset: /metrics is 404. At least 16 characters."
         ),
     )
-    metrics_max_workflows: int = Field(
-        default=50,
-        ge=0,
-        le=10_000,
+    metrics_workflows: str = Field(
+        default="",
+        examples=["orders,stripe-events,customer/signup"],
         description=(
-            "Workflows that get a label of their own in the forward latency histogram, "
-            "first come first served per process; the rest are counted as `other`."
+            "Workflow paths (comma-separated, as in /webhook/<path>) whose forwards get a "
+            "label of their own in the latency histogram; all others are counted as `other`."
         ),
     )
     # Peers whose X-Forwarded-Proto / -Host are believed: "10.0.0.0/8,127.0.0.1". Empty: none.
@@ -417,6 +424,20 @@ class Settings(BaseSettings):
     @classmethod
     def _unset_when_empty(cls, value: object) -> object:
         return None if value == "" else value  # as .env.example writes it, commented or not
+
+    @field_validator("metrics_workflows")
+    @classmethod
+    def _workflow_list(cls, value: str) -> str:
+        paths = workflow_paths(value)
+        if len(paths) > MAX_METRICS_WORKFLOWS:
+            raise ValueError(f"at most {MAX_METRICS_WORKFLOWS} workflows")
+        if any(len(path) > 200 for path in paths):
+            raise ValueError("a workflow path is at most 200 characters")
+        return value
+
+    @cached_property
+    def metrics_workflow_paths(self) -> frozenset[str]:
+        return frozenset(workflow_paths(self.metrics_workflows))
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -55,7 +55,7 @@ class SchemaNotCurrent(RuntimeError):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    metrics.limit_workflow_labels(settings.metrics_max_workflows)
+    metrics.label_workflows(settings.metrics_workflow_paths)
     if tracing.requested():  # OTEL_EXPORTER_OTLP_ENDPOINT; each worker process starts its own
         tracing.start()
 

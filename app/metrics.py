@@ -6,16 +6,15 @@ worker's files: the counters are the whole server's, never one worker's share. W
 they live in memory. Facts about the shared delivery queue are read from the database at scrape
 time (`QueueFacts`), as they belong to no process.
 
-Every label is bounded: workflow paths by GATE_METRICS_MAX_WORKFLOWS (first come, the rest are
-`other`), provider routes by the routes file, the rest by fixed sets.
+Every label is bounded: workflows by the list in GATE_METRICS_WORKFLOWS (the rest are `other`),
+provider routes by the routes file, the rest by fixed sets.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,6 +25,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -34,10 +34,22 @@ from prometheus_client.registry import Collector
 
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 OTHER = "other"
+# The queue's gauges count this many rows at most: a scrape must stay cheap under any backlog.
+QUEUE_COUNT_CAP = 100_000
+
+# `*_created` samples are one more series per child and nothing a dashboard or rule reads.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 TriggerMode = Literal["sync", "async"]
 TriggerOutcome = Literal[
-    "forwarded", "accepted", "replayed", "in_flight", "key_reused", "outcome_unknown", "rejected"
+    "forwarded",
+    "accepted",
+    "replayed",
+    "in_flight",
+    "key_reused",
+    "outcome_unknown",
+    "rejected",
+    "error",
 ]
 RefusalReason = Literal["signature", "missing-key", "key-reused"]
 DeliveryResult = Literal["completed", "retry_scheduled", "dead_letter"]
@@ -158,34 +170,26 @@ def _bounded_error_type(error_type: str) -> str:
 
 
 class WorkflowLabels:
-    """The first `limit` workflows a process sees keep their own label; later ones are `other`,
-    so a caller inventing paths cannot grow the series without bound."""
+    """The workflows named in GATE_METRICS_WORKFLOWS keep a label of their own (`mode/path`);
+    every other is `other`. A fixed list, the same in every process: labels chosen as paths
+    came would differ between workers (one worker's `orders` is another's `other`) and let a
+    caller inventing paths take the places."""
 
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._known: set[str] = set()
-        self._lock = threading.Lock()
-
-    def set_limit(self, limit: int) -> None:
-        with self._lock:
-            self._limit = limit
+    def __init__(self, paths: Iterable[str] = ()) -> None:
+        self._paths = frozenset(paths)
 
     def label(self, workflow: str) -> str:
-        if workflow in self._known:
-            return workflow
-        with self._lock:
-            if len(self._known) >= self._limit:
-                return OTHER
-            self._known.add(workflow)
-        return workflow
+        _mode, _, path = workflow.partition("/")
+        return workflow if path in self._paths else OTHER
 
 
-_workflows = WorkflowLabels(limit=50)
+_workflows = WorkflowLabels()
 
 
-def limit_workflow_labels(limit: int) -> None:
-    """GATE_METRICS_MAX_WORKFLOWS, set once at startup."""
-    _workflows.set_limit(limit)
+def label_workflows(paths: Iterable[str]) -> None:
+    """GATE_METRICS_WORKFLOWS, set once at startup."""
+    global _workflows
+    _workflows = WorkflowLabels(paths)
 
 
 @dataclass(frozen=True)
@@ -198,22 +202,32 @@ class QueueFacts:
     oldest_due_age_seconds: float
 
 
+@dataclass(frozen=True)
+class ScrapeFacts:
+    """What a scrape reads from the database: whether it answered, and the queue (None when
+    it could not be read in time)."""
+
+    database_up: bool
+    queue: QueueFacts | None
+
+
 class _ScrapeCollector(Collector):
-    def __init__(self, queue: QueueFacts | None) -> None:
-        self._queue = queue
+    def __init__(self, facts: ScrapeFacts) -> None:
+        self._database_up = facts.database_up
+        self._queue = facts.queue
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "n8n_gate_database_up",
-            "1 when the scrape could read the database, else 0.",
-            value=0 if self._queue is None else 1,
+            "1 when the scrape could connect to the database and query it, else 0.",
+            value=1 if self._database_up else 0,
         )
         if self._queue is None:
             return
         depth = GaugeMetricFamily(
             "n8n_gate_queue_depth",
             "Async executions in the delivery queue (all tenants): due now, scheduled for a "
-            "later attempt, or being delivered.",
+            f"later attempt, or being delivered; counted up to {QUEUE_COUNT_CAP:,} each.",
             labels=["state"],
         )
         depth.add_metric(["due"], self._queue.due)
@@ -234,11 +248,11 @@ class _ProcessMetrics(Collector):
         yield from REGISTRY.collect()
 
 
-def exposition(queue: QueueFacts | None, *, accept: str | None) -> tuple[bytes, str]:
+def exposition(facts: ScrapeFacts, *, accept: str | None) -> tuple[bytes, str]:
     """Every metric, and its content type, in the format the scraper's Accept asks for (the
     Prometheus text format, or OpenMetrics): all workers' under multiprocess mode."""
     scrape = CollectorRegistry(auto_describe=False)
-    scrape.register(_ScrapeCollector(queue))
+    scrape.register(_ScrapeCollector(facts))
     directory = os.environ.get(MULTIPROCESS_DIR_VARIABLE)
     if directory is None:
         scrape.register(_ProcessMetrics())

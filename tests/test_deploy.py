@@ -133,7 +133,9 @@ def exposed_names() -> set[str]:
     """Every sample name the gateway's /metrics can carry."""
     families = [
         *REGISTRY.collect(),
-        *metrics._ScrapeCollector(metrics.QueueFacts(0, 0, 0, 0.0)).collect(),
+        *metrics._ScrapeCollector(
+            metrics.ScrapeFacts(True, metrics.QueueFacts(0, 0, 0, 0.0))
+        ).collect(),
     ]
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
     return {

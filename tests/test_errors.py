@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from app.config import Settings
 from tests.conftest import ClientFactory, GatewayClient, gateway_client
@@ -58,11 +59,14 @@ async def test_a_bug_on_the_trigger_path_is_a_500_without_its_details(
     server_client: GatewayClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(server_client.services.executions, "trigger", broken)
+    errors = {"mode": "sync", "outcome": "error", "status_class": "5xx"}
+    counted = REGISTRY.get_sample_value("n8n_gate_triggers_total", errors) or 0
     with caplog.at_level(logging.ERROR):
         response = await server_client.post(
             "/webhook/orders", headers={"Idempotency-Key": "bug-1"}, content=b"{}"
         )
     assert_hidden_bug(response, caplog, instance="/webhook/orders")
+    assert REGISTRY.get_sample_value("n8n_gate_triggers_total", errors) == counted + 1
 
 
 async def test_a_method_an_api_route_does_not_take_is_a_405_naming_the_allowed_ones(

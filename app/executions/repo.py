@@ -93,7 +93,7 @@ RECORD_ONE = (
 )
 RETAKE = "SELECT (execution).id, (execution).attempts FROM retake_execution($1, $2, $3, $4)"
 MARK_WAITED = "SELECT mark_execution_waited($1, $2)"
-TAKE_DUE = "SELECT tenant_id, execution FROM take_due_deliveries_v2($1, $2, $3, $4, $5, $6)"
+TAKE_DUE = "SELECT tenant_id, execution, ended FROM take_due_deliveries_v3($1, $2, $3, $4, $5, $6)"
 REQUEUE_FAILED = (
     "SELECT execution_id, idempotency_key FROM requeue_failed_executions($1, $2, $3, $4, $5)"
 )
@@ -361,6 +361,16 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Take:
+    """What a take of due deliveries did: the deliveries it took (`abandoned` of them taken over
+    from an attempt that died unrecorded), and how many it ended as dead letters instead."""
+
+    deliveries: list[Delivery]
+    abandoned: int
+    dead_letters: int
+
+
+@dataclass(frozen=True)
 class KeyCall:
     """What every call that may create an execution names: the key and the request's identity."""
 
@@ -495,8 +505,8 @@ async def take_due(
     limit: int,
     refuse_abandoned: bool,
     failed_keep_seconds: float,
-) -> list[Delivery]:
-    """Take up to `limit` due deliveries (migration 0004); one transaction for all. With
+) -> Take:
+    """Take up to `limit` due deliveries (migration 0012); one transaction for all. With
     `refuse_abandoned`, a delivery whose process died ends failed instead of being taken."""
     records = await conn.fetch(
         TAKE_DUE,
@@ -507,7 +517,11 @@ async def take_due(
         refuse_abandoned,
         failed_keep_seconds,
     )
-    return [_delivery(record) for record in records]
+    return Take(
+        deliveries=[_delivery(record) for record in records if record["ended"] != "dead_letter"],
+        abandoned=sum(record["ended"] == "abandoned" for record in records),
+        dead_letters=sum(record["ended"] == "dead_letter" for record in records),
+    )
 
 
 def _delivery(record: asyncpg.Record) -> Delivery:

@@ -161,7 +161,7 @@ class ExecutionService:
             async with db.connection(self._pool) as conn:
                 if not still():
                     return []
-                return await repo.take_due(
+                take = await repo.take_due(
                     conn,
                     lease_seconds=settings.lease_seconds,
                     owner=uuid.uuid4(),
@@ -172,6 +172,10 @@ class ExecutionService:
                 )
         except db.DatabaseUnreachable:
             return []
+        # A dead process's attempt may have run: an unknown outcome, ended or taken over.
+        metrics.OUTCOME_UNKNOWN.inc(take.abandoned + take.dead_letters)
+        metrics.DEAD_LETTERS.inc(take.dead_letters)
+        return take.deliveries
 
     async def deliver(self, delivery: repo.Delivery) -> None:
         await self._runner.deliver(delivery)

@@ -61,12 +61,14 @@ from app.executions.trigger_http import (
     answer_response,
     asks_async,
     count_answer,
+    count_failure,
     preference_applied,
     read_body,
     via_of,
 )
 from app.forwarding.headers import GATE_KEY_HEADER, to_forward
 from app.logs import bind
+from app.metrics import TriggerMode
 from app.problems import as_problem, documented, problem_response
 from app.request_ids import forwarded_with_id
 from app.tenants.tenant import Tenant
@@ -87,6 +89,8 @@ class TriggerEndpoints:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
+        asked_async = asks_async(request.headers.getlist("prefer"))
+        counted_as: TriggerMode = "async" if asked_async else "sync"
         error: GateError | None = None
         try:
             response = await _trigger(request, mode=mode)
@@ -94,10 +98,12 @@ class TriggerEndpoints:
             error = exc
         except db.DatabaseUnreachable as exc:
             error = as_problem(exc)
+        except Exception:
+            count_failure(mode=counted_as)  # the outer handler answers 500
+            raise
         if error is not None:
             response = problem_response(error, instance=request.url.path)
-        asked_async = asks_async(request.headers.getlist("prefer"))
-        count_answer(response, error=error, mode="async" if asked_async else "sync")
+        count_answer(response, error=error, mode=counted_as)
         await response(scope, receive, send)
 
 

@@ -55,6 +55,11 @@ def count_answer(response: Response, *, error: GateError | None, mode: metrics.T
     )
 
 
+def count_failure(*, mode: metrics.TriggerMode) -> None:
+    """Counts a trigger that ended in an unexpected error (a 500 from the outer handler)."""
+    metrics.trigger_answered(mode=mode, outcome="error", status=500)
+
+
 def _outcome(response: Response, error: GateError | None) -> metrics.TriggerOutcome:
     if error is None:
         if response.headers.get("idempotent-replayed") == "true":

@@ -3,6 +3,7 @@ token of its own, GATE_METRICS_TOKEN)."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Annotated
 
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Header, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app import db, metrics
-from app.delivery.queue import queue_facts
+from app.delivery.queue import scrape_facts
 from app.deps import ServicesDep
 from app.errors import DatabaseUnavailable, NotFound, Unauthorized
 from app.migrations import schema_state
@@ -51,7 +52,8 @@ async def metrics_exposition(
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Every metric of every worker, for a scraper with `Authorization: Bearer
-    <GATE_METRICS_TOKEN>`. The queue's depth and age are read from the database."""
+    <GATE_METRICS_TOKEN>`. The queue's depth and age are read from the database, on a
+    connection of the scrape's own."""
     token = services.settings.metrics_token
     if token is None:
         raise NotFound("Metrics are off: set GATE_METRICS_TOKEN to serve /metrics.")
@@ -60,7 +62,10 @@ async def metrics_exposition(
             "/metrics needs 'Authorization: Bearer <GATE_METRICS_TOKEN>'.",
             headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
         )
-    body, content_type = metrics.exposition(await queue_facts(services.pool), accept=accept)
+    facts = await scrape_facts(str(services.settings.database_url))
+    # Reading every worker's files takes milliseconds to seconds: not on the event loop that
+    # serves this worker's triggers.
+    body, content_type = await asyncio.to_thread(metrics.exposition, facts, accept=accept)
     return Response(body, headers={"Content-Type": content_type})
 
 

@@ -40,6 +40,7 @@ from app.executions.trigger_http import (
     accepted_response,
     answer_response,
     count_answer,
+    count_failure,
     read_body,
     via_of,
 )
@@ -75,6 +76,9 @@ class IngressEndpoints:
             error = exc
         except db.DatabaseUnreachable as exc:
             error = as_problem(exc)
+        except Exception:
+            count_failure(mode=mode[0])  # the outer handler answers 500
+            raise
         if error is not None:
             response = problem_response(error, instance=request.url.path)
         count_answer(response, error=error, mode=mode[0])

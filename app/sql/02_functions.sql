@@ -414,11 +414,13 @@ $$;
 -- process may have reached n8n). A dispatcher takes up to p_limit due deliveries in one
 -- transaction; SKIP LOCKED keeps takers apart, and a target (n8n mode and path) with
 -- p_max_per_target deliveries running under a live lease is passed over.
-CREATE OR REPLACE FUNCTION take_due_deliveries_v2(
+-- Each row says what happened besides the take: `ended` is 'dead_letter' for an execution ended
+-- rather than taken (not to be delivered), 'abandoned' for one taken over from a dead attempt.
+CREATE OR REPLACE FUNCTION take_due_deliveries_v3(
     p_lease_seconds double precision, p_owner uuid, p_max_per_target integer, p_limit integer,
     p_refuse_abandoned boolean, p_failed_keep_seconds double precision
 )
-RETURNS TABLE (tenant_id uuid, execution executions)
+RETURNS TABLE (tenant_id uuid, execution executions, ended text)
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
 DECLARE
@@ -492,6 +494,9 @@ BEGIN
             -- delivery ends as a dead letter rather than running again.
             PERFORM end_abandoned_attempt(existing, p_failed_keep_seconds);
             DELETE FROM delivery_queue q WHERE q.execution_id = queued.execution_id;
+            -- Told to the taker (not taken): the gateway counts the dead letter it became.
+            RETURN QUERY SELECT queued.tenant_id, e, 'dead_letter'::text
+                FROM executions e WHERE e.id = queued.execution_id;
         ELSE
             UPDATE delivery_queue q
             SET due_at = now() + make_interval(secs => p_lease_seconds), running = true
@@ -512,10 +517,28 @@ BEGIN
             INSERT INTO execution_attempts (execution_id, attempt, tenant_id)
             VALUES (taken.id, taken.attempts, queued.tenant_id);
             taken_count := taken_count + 1;
-            RETURN QUERY SELECT queued.tenant_id, taken;
+            -- 'abandoned': the attempt before this one died unrecorded, its outcome unknown.
+            RETURN QUERY SELECT queued.tenant_id, taken,
+                CASE WHEN existing.status = 'running' THEN 'abandoned' END;
         END IF;
     END LOOP;
 END
+$$;
+
+-- The take of builds before migration 0012, kept for their processes during a rolling deploy:
+-- take_due_deliveries_v3 without what it tells of the executions it ended or took over.
+CREATE OR REPLACE FUNCTION take_due_deliveries_v2(
+    p_lease_seconds double precision, p_owner uuid, p_max_per_target integer, p_limit integer,
+    p_refuse_abandoned boolean, p_failed_keep_seconds double precision
+)
+RETURNS TABLE (tenant_id uuid, execution executions)
+LANGUAGE sql VOLATILE AS $$
+    SELECT t.tenant_id, t.execution
+    FROM take_due_deliveries_v3(
+        p_lease_seconds, p_owner, p_max_per_target, p_limit, p_refuse_abandoned,
+        p_failed_keep_seconds
+    ) AS t
+    WHERE t.ended IS DISTINCT FROM 'dead_letter'
 $$;
 
 -- The take of builds before migration 0004, kept for their processes during a rolling deploy:
