@@ -122,8 +122,9 @@ FROM executions WHERE tenant_id = $1 AND idempotency_key = $2
 # value goes through a parameter.
 #
 # The page's ids come first, from an index alone where the filters allow (tenant, status,
-# workflow): asked for whole rows in id order, the planner may walk the primary key instead,
-# through every newer row of the other tenants.
+# workflow; the visibility map lets it, as autovacuum keeps it), then the rows by primary key:
+# asked for whole rows in id order, the planner would rather walk the primary key, through
+# every newer row of the other tenants.
 LIST_RECENT = f"""
 SELECT {_COLUMNS}
 FROM executions
@@ -136,20 +137,21 @@ ORDER BY id {{order}}
 # than count a large tenant's rows on every page view. Each status's count walks its index
 # (tenant, status, id) under the cheap filters; any other filter needs the rows themselves,
 # read once for all statuses (COUNT_MATCHING), at most the cap of them.
-COUNT_BY_STATUS = """
-SELECT s.status, (
-    SELECT count(*) FROM (
-        SELECT 1 FROM executions WHERE {where} AND status = s.status LIMIT {cap}
-    ) AS capped
-) AS n
-FROM unnest(ARRAY['pending', 'running', 'completed', 'failed']) AS s(status)
+#
+# One branch per status, each with its status as a constant: planned for how common that
+# status is (a correlated subquery gets one plan for all, and scanned the whole table for a
+# status that has no rows).
+_COUNT_STATUS = """
+SELECT '{status}' AS status, count(*) AS n
+FROM (SELECT 1 FROM executions WHERE {{where}} AND status = '{status}' LIMIT {{cap}}) AS capped
 """
+STATUSES = ("pending", "running", "completed", "failed")
+COUNT_BY_STATUS = "UNION ALL".join(_COUNT_STATUS.format(status=status) for status in STATUSES)
 COUNT_MATCHING = """
 SELECT status, count(*) AS n
 FROM (SELECT status FROM executions WHERE {where} LIMIT {cap}) AS capped
 GROUP BY status
 """
-STATUSES = ("pending", "running", "completed", "failed")
 # Filters counted per status: an index serves the workflow beside the status.
 _PER_STATUS_FILTERS = frozenset({"status", "workflow"})
 COUNT = "SELECT count(*) FROM (SELECT 1 FROM executions WHERE {where} LIMIT {cap}) AS capped"
