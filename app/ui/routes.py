@@ -373,6 +373,7 @@ async def sign_in(visit: VisitDep) -> Response:
     try:
         signed = await _sessions(visit.services).sign_in(_single(form).get("api_key", ""))
     except Unauthorized as refused:
+        logger.info("dashboard sign-in refused: unknown, revoked or expired API key")
         return _sign_in_page(visit, error=refused.detail, status_code=401, next_path=next_path)
     response = RedirectResponse(visit.base + (next_path or "/"), status_code=303)
     _set_cookie(visit, response, COOKIE, signed.cookie, max_age=_lifetime(visit))

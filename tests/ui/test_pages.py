@@ -412,3 +412,23 @@ async def test_the_dashboard_can_be_turned_off(make_client: ClientFactory) -> No
     async with make_client(ui=False) as client:
         assert_problem(await client.get("/ui"), 404, "not-found")
         assert_problem(await client.get("/ui/"), 404, "not-found")
+
+
+async def test_a_bug_behind_a_page_is_a_500_page_and_logged(
+    gateway: GatewayClient,
+    api_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(**_: object) -> None:
+        raise RuntimeError("a bug")
+
+    await sign_in(gateway, api_key)
+    monkeypatch.setattr(gateway.services.executions, "queue_summary", broken)
+    page = await gateway.get("/ui/queue")
+    assert page.status_code == 500
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Internal error" in page.text
+    assert "a bug" not in page.text
+    assert [r for r in caplog.records if r.name == "app.ui.routes" and r.exc_info]
+    assert not [r for r in caplog.records if r.name == "app.problems"]  # logged once
