@@ -55,6 +55,7 @@ TriggerOutcome = Literal[
 RefusalReason = Literal["signature", "missing-key", "key-reused"]
 DeliveryResult = Literal["completed", "retry_scheduled", "dead_letter"]
 BatchedWrite = Literal["claim", "accept", "record"]
+AlertResult = Literal["delivered", "retry_scheduled", "given_up"]
 
 TRIGGERS = Counter(
     "n8n_gate_triggers",
@@ -98,6 +99,16 @@ DELIVERIES_REFUSED = Counter(
     "Provider deliveries refused with nothing stored: a signature that did not verify, a "
     "delivery without its key, or a known id with another body.",
     ["route", "reason"],
+)
+ALERT_SENDS = Counter(
+    "n8n_gate_alert_sends",
+    "Sends of alerts (dead letters, unknown outcomes) to GATE_ALERT_URL by result: delivered, "
+    "retry_scheduled (failed, sent again later) or given_up (failed for the last time).",
+    ["result"],
+)
+ALERTS_DROPPED = Counter(
+    "n8n_gate_alerts_dropped",
+    "Alerts that came due in a process without GATE_ALERT_URL, and were dropped unsent.",
 )
 DB_CONNECTIONS_IN_USE = Gauge(
     "n8n_gate_db_pool_connections_in_use",
@@ -164,6 +175,10 @@ def delivery_attempted(result: DeliveryResult) -> None:
     _counter(DELIVERY_ATTEMPTS, result).inc()
     if result == "dead_letter":
         DEAD_LETTERS.inc()
+
+
+def alert_sent(result: AlertResult) -> None:
+    _counter(ALERT_SENDS, result).inc()
 
 
 def batch_committed(write: BatchedWrite, size: int) -> None:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 from yarl import URL
 
-from app import db
+from app import db, metrics
 from app.alerts import payload, repo
 from app.alerts.repo import Alert
 from app.config import Settings
@@ -84,6 +84,7 @@ class AlertSender:
                 if self._url is None:
                     if dropped := await repo.drop_due(conn, limit=DROP_BATCH):
                         logger.debug("dropped %d alerts: GATE_ALERT_URL is not set", dropped)
+                        metrics.ALERTS_DROPPED.inc(dropped)
                     return []
                 return await repo.take_due(conn, lease_seconds=self._lease_seconds, limit=limit)
         except db.DatabaseUnreachable:
@@ -98,6 +99,10 @@ class AlertSender:
             sent = await self._post(alert)
         retry_at = None if sent.delivered else self._retry_at(alert, sent)
         await self._record(alert, sent, retry_at=retry_at)
+        if sent.delivered:
+            metrics.alert_sent("delivered")
+        else:
+            metrics.alert_sent("retry_scheduled" if retry_at else "given_up")
         _log(alert, sent, retry_at=retry_at, url_host=URL(self._url or "").host)
 
     async def _post(self, alert: Alert) -> Sent:

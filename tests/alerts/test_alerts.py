@@ -12,6 +12,7 @@ from datetime import datetime
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook
 
 from tests.alerts.receiver import (
@@ -48,6 +49,10 @@ async def new_tenant(database_url: str) -> tuple[str, str]:
     return tenant, await new_api_key(database_url, tenant_name=tenant)
 
 
+def alert_sends(result: str) -> float:
+    return REGISTRY.get_sample_value("n8n_gate_alert_sends_total", {"result": result}) or 0
+
+
 def new_key() -> str:
     return f"alert-{uuid.uuid4()}"
 
@@ -63,6 +68,7 @@ async def test_a_dead_letter_is_alerted_once_and_retried_after_the_alert_url_fai
     tenant, api_key = await new_tenant(database_url)
     key = f"order/42 {uuid.uuid4()}"  # a key with characters the link must encode
     settings = {**QUICK, "alert_url": url, "public_url": "https://gate.example.com/"}
+    sends_before = {result: alert_sends(result) for result in ("delivered", "retry_scheduled")}
     async with make_client(api_key=api_key, **settings) as client:
         accepted = await client.post(
             "/webhook/fail",
@@ -75,6 +81,9 @@ async def test_a_dead_letter_is_alerted_once_and_retried_after_the_alert_url_fai
         listed = (await client.get("/v1/executions")).json()
     assert len(n8n.calls_for(key)) == 3  # the dead letter: every attempt refused by n8n
     assert (delivered.type, delivered.sends) == ("execution.dead_letter", 2)
+    # In the metrics too (other tests' alerts may be sent meanwhile: at least these).
+    assert alert_sends("delivered") >= sends_before["delivered"] + 1
+    assert alert_sends("retry_scheduled") >= sends_before["retry_scheduled"] + 1
     # The alert is not an execution: the tenant has one, the one it triggered.
     assert [item["key"] for item in listed["items"]] == [key]
 
