@@ -19,9 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.config import ConfigError, load_settings
 from app.delivery.queue import READ_TIMEOUT_SECONDS
 from app.metrics import OTHER, WorkflowLabels
-from tests.alerts.test_alerts import ASYNC, QUICK, died_mid_delivery, new_tenant
 from tests.conftest import ClientFactory, new_api_key
 from tests.support.dbproxy import DatabaseProxy
+from tests.support.dead_processes import died_mid_delivery
 from tests.support.executions_api import new_key, until_status
 from tests.support.fake_n8n import FakeN8n
 from tests.support.processes import Gateway, cli_env
@@ -308,14 +308,17 @@ async def test_a_delivery_whose_process_died_is_counted_when_it_is_found(
     """The take finds it (take_due_deliveries_v3): taken over, its dead attempt's outcome
     unknown (retry), or ended as a dead letter (refuse). Other tests' dead deliveries may be
     found in the same take: at least this one is counted."""
-    tenant, api_key = await new_tenant(database_url)
+    tenant = f"metrics-{uuid.uuid4().hex[:12]}"
+    api_key = await new_api_key(database_url, tenant_name=tenant)
     key = new_key()
     async with make_client(api_key=api_key, delivery_workers=0) as accepting:
-        await accepting.post("/webhook/echo", json={}, headers={**_key(key), **ASYNC})
+        prefer = {"Prefer": "respond-async"}
+        await accepting.post("/webhook/echo", json={}, headers={**_key(key), **prefer})
     await died_mid_delivery(database_url, tenant, key)
     unknown = REGISTRY.get_sample_value("n8n_gate_outcome_unknown_total") or 0
     dead = REGISTRY.get_sample_value("n8n_gate_dead_letters_total") or 0
-    async with make_client(api_key=api_key, unknown_outcome=policy, **QUICK) as client:
+    quick = {"delivery_poll_seconds": 0.05, "retry_base_seconds": 0.05}
+    async with make_client(api_key=api_key, unknown_outcome=policy, **quick) as client:
         await until_status(client, key, "completed" if policy == "retry" else "failed")
     assert (REGISTRY.get_sample_value("n8n_gate_outcome_unknown_total") or 0) >= unknown + 1
     if policy == "refuse":

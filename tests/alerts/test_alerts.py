@@ -23,6 +23,7 @@ from tests.alerts.receiver import (
     until_alert,
 )
 from tests.conftest import ClientFactory, new_api_key
+from tests.support.dead_processes import died_mid_delivery
 from tests.support.executions_api import until_status
 from tests.support.fake_n8n import FakeN8n
 from tests.support.processes import cli_env
@@ -361,35 +362,6 @@ async def test_the_reaper_deletes_alerts_nobody_sends(
             await reaper.reap_alerts_once()
             assert time.monotonic() < deadline, "never reaped"
             await asyncio.sleep(0.05)
-
-
-async def died_mid_delivery(database_url: str, tenant: str, key: str) -> None:
-    """The delivery of `key` as a worker leaves it when its process dies mid-attempt: running,
-    its lease run out."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        async with conn.transaction():
-            execution_id, tenant_id = await conn.fetchrow(
-                "UPDATE executions e SET status = 'running', attempts = 1, "
-                "lease_expires_at = now() - interval '1 second', lease_owner = gen_random_uuid(), "
-                "started_at = now() FROM tenants t "
-                "WHERE t.id = e.tenant_id AND t.name = $1 AND e.idempotency_key = $2 "
-                "RETURNING e.id, e.tenant_id",
-                tenant,
-                key,
-            )
-            await conn.execute(
-                "INSERT INTO execution_attempts (execution_id, attempt, tenant_id) "
-                "VALUES ($1, 1, $2)",
-                execution_id,
-                tenant_id,
-            )
-            await conn.execute(
-                "UPDATE delivery_queue SET running = true, due_at = now() WHERE execution_id = $1",
-                execution_id,
-            )
-    finally:
-        await conn.close()
 
 
 async def claimed_and_abandoned(database_url: str, tenant: str, key: str) -> None:
