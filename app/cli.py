@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from app import OPERATOR_METRICS_DIR, WORKERS_METRICS_DIR_VARIABLE, metrics, migrations
+from app import OPERATOR_METRICS_DIR, WORKERS_METRICS_DIR_VARIABLE, metrics, migrations, tracing
 from app.alerts import repo as alerts_repo
 from app.config import ConfigError, Settings, load_settings
 from app.embedded import EmbeddedUnavailable, start_embedded
@@ -139,6 +139,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     routes = _load_routes(settings.routes_file) if settings.routes_file else None
+    if tracing.requested():
+        try:
+            tracing.check_environment()
+        except tracing.TracingConfigError as exc:
+            raise CliError(str(exc)) from None
     embedded = settings.database_url is None
     url = database_url(settings)
     if not embedded:

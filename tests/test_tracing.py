@@ -39,6 +39,7 @@ from tests.support.executions_api import new_key, until_status
 from tests.support.fake_n8n import FakeN8n
 from tests.support.processes import ROOT, Gateway, cli_env
 from tests.support.servers import serve_in_thread
+from tests.test_cli import run_cli
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -599,3 +600,17 @@ async def test_a_serving_process_exports_its_spans_over_otlp_and_flushes_them_at
         forward = next(span for span in trace if span["name"] == "forward")
         received = n8n.calls_for(key)[0].headers["traceparent"]
         assert received == f"00-{trace_id}-{forward['span_id']}-01"
+
+
+def test_serve_refuses_an_otlp_protocol_it_cannot_export_with_one_line(database_url: str) -> None:
+    env = cli_env(
+        DATABASE_URL=database_url,
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318",
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+    )
+    done = run_cli("serve", "--port", "1", env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "n8n-gate: OTEL_EXPORTER_OTLP_PROTOCOL=grpc: this gateway exports traces over OTLP/HTTP "
+        "with protobuf only; set it to http/protobuf or unset it."
+    ]
