@@ -11,6 +11,7 @@ batches grow with the load. A caller still gets its answer only after its batch 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -57,7 +58,9 @@ class Batcher(Generic[Item, Result]):
         self._queue.append((item, future))
         if self._taking < self._concurrency:
             self._taking += 1
-            flusher = asyncio.create_task(self._flush())
+            # A flusher serves every caller whose call it takes: it starts with an empty
+            # context, not the first caller's (its request's log fields, its trace).
+            flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
             self._flushers.add(flusher)
             flusher.add_done_callback(self._flushers.discard)
         return await future

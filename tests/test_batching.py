@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -175,3 +176,24 @@ async def test_a_call_queued_as_the_last_batch_ends_still_runs() -> None:
     late_call = asyncio.ensure_future(late())
     assert await calls.submit(1) == 2
     assert await asyncio.wait_for(late_call, 2) == 4
+
+
+async def test_a_batch_runs_in_no_callers_context() -> None:
+    """A batch serves several callers: the first one's request id (log fields) or trace must
+    not become the whole batch's."""
+    request: contextvars.ContextVar[str | None] = contextvars.ContextVar("request", default=None)
+    seen: list[str | None] = []
+
+    async def run(items: list[int]) -> list[int]:
+        seen.append(request.get())
+        return items
+
+    shared = batcher(run)
+
+    async def call(item: int) -> int:
+        request.set(f"request-{item}")
+        return await shared.submit(item)
+
+    assert await asyncio.gather(call(1), call(2), call(3)) == [1, 2, 3]
+    assert seen
+    assert set(seen) == {None}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 
@@ -56,7 +57,11 @@ class Readiness:
         self._outage = self._outage or outage
         self._ready.clear()
         if self._prober is None or self._prober.done():
-            self._prober = asyncio.create_task(self._probe_until_ready())
+            # Shared by every forward that waits: not in the context of the one that found
+            # n8n away (its request's log fields, its trace).
+            self._prober = asyncio.create_task(
+                self._probe_until_ready(), context=contextvars.Context()
+            )
 
     async def wait_until_ready(self, deadline: float) -> bool:
         """Wait until n8n is ready or the monotonic `deadline` passes; True when ready before
