@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from app import db, metrics
 from app.alerts import repo as alerts_repo
@@ -43,39 +44,39 @@ class Reaper:
 
     async def reap_once(self) -> int:
         """Delete every execution expired by now, batch by batch; return how many."""
-        total = 0
-        while True:
-            async with db.connection(self._pool) as conn:
-                deleted = await repo.reap_expired(conn, batch_size=self._batch_size)
-            total += deleted
-            if deleted < self._batch_size:
-                return total
+        return await self._in_batches(
+            lambda conn: repo.reap_expired(conn, batch_size=self._batch_size)
+        )
 
     async def end_abandoned_once(self) -> int:
         """End every sync execution whose process died (its lease ran out): failed, with an
         unknown outcome, expiring as failed executions do. Return how many."""
-        total = 0
-        while True:
-            async with db.connection(self._pool) as conn:
-                ended = await repo.end_abandoned(
-                    conn, batch_size=self._batch_size, keep_seconds=self._failed_keep_seconds
-                )
-            total += ended
-            metrics.OUTCOME_UNKNOWN.inc(ended)
-            if ended < self._batch_size:
-                return total
+        ended = await self._in_batches(
+            lambda conn: repo.end_abandoned(
+                conn, batch_size=self._batch_size, keep_seconds=self._failed_keep_seconds
+            )
+        )
+        metrics.OUTCOME_UNKNOWN.inc(ended)
+        return ended
 
     async def reap_alerts_once(self) -> int:
         """Delete every alert older than a failed key's retention, sent or not (where no
         process sends them, nothing else would); return how many."""
+        return await self._in_batches(
+            lambda conn: alerts_repo.reap(
+                conn, batch_size=self._batch_size, keep_seconds=self._failed_keep_seconds
+            )
+        )
+
+    async def _in_batches(self, batch: Callable[[db.PooledConnection], Awaitable[int]]) -> int:
+        """Run `batch` (a short transaction of its own each) until one does fewer than a batch;
+        return how many rows they did in all."""
         total = 0
         while True:
             async with db.connection(self._pool) as conn:
-                deleted = await alerts_repo.reap(
-                    conn, batch_size=self._batch_size, keep_seconds=self._failed_keep_seconds
-                )
-            total += deleted
-            if deleted < self._batch_size:
+                done = await batch(conn)
+            total += done
+            if done < self._batch_size:
                 return total
 
     async def _run_forever(self) -> None:

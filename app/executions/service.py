@@ -182,13 +182,7 @@ class ExecutionService:
 
     async def get(self, *, tenant: Tenant, key: str) -> ExecutionDetail:
         async with db.tenant_transaction(self._pool, tenant.id) as conn:
-            row = await repo.find_by_key(conn, tenant_id=tenant.id, key=key)
-            if row is None:
-                raise ExecutionNotFound(
-                    f"No execution with Idempotency-Key {key!r} for this API key."
-                )
-            attempts = await repo.list_attempts(conn, tenant_id=tenant.id, execution_id=row.id)
-        return ExecutionDetail(row=row, attempts=attempts)
+            return await _detail(conn, tenant=tenant, key=key)
 
     async def retry(self, *, tenant: Tenant, key: str) -> ExecutionDetail:
         """Put one failed async execution back in the delivery queue."""
@@ -266,14 +260,9 @@ class ExecutionService:
     async def inspect(self, *, tenant: Tenant, key: str) -> Inspection:
         """Everything the gateway keeps about one execution, request included."""
         async with db.tenant_transaction(self._pool, tenant.id) as conn:
-            row = await repo.find_by_key(conn, tenant_id=tenant.id, key=key)
-            if row is None:
-                raise ExecutionNotFound(
-                    f"No execution with Idempotency-Key {key!r} for this API key."
-                )
-            attempts = await repo.list_attempts(conn, tenant_id=tenant.id, execution_id=row.id)
-            request = await repo.find_request(conn, tenant_id=tenant.id, execution_id=row.id)
-        return Inspection(detail=ExecutionDetail(row=row, attempts=attempts), request=request)
+            detail = await _detail(conn, tenant=tenant, key=key)
+            request = await repo.find_request(conn, tenant_id=tenant.id, execution_id=detail.row.id)
+        return Inspection(detail=detail, request=request)
 
     async def queue_summary(self, *, tenant: Tenant) -> list[repo.QueueTarget]:
         """The tenant's async deliveries waiting or running, per webhook."""
@@ -446,6 +435,15 @@ def _note_started(span: tracing.Span | None, started: Started) -> None:
         return
     lease = started.attempt
     tracing.note(span, decision="run", execution_id=lease.execution_id, attempt=lease.number)
+
+
+async def _detail(conn: db.PooledConnection, *, tenant: Tenant, key: str) -> ExecutionDetail:
+    """The execution of `key` with its attempts; ExecutionNotFound when there is none."""
+    row = await repo.find_by_key(conn, tenant_id=tenant.id, key=key)
+    if row is None:
+        raise ExecutionNotFound(f"No execution with Idempotency-Key {key!r} for this API key.")
+    attempts = await repo.list_attempts(conn, tenant_id=tenant.id, execution_id=row.id)
+    return ExecutionDetail(row=row, attempts=attempts)
 
 
 def _not_retryable_reason(row: repo.ExecutionRow) -> str:
