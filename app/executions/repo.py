@@ -24,6 +24,15 @@ _COLUMNS = """
     created_at, updated_at, started_at, finished_at, expires_at, deliver_async, next_attempt_at
 """
 
+# What a list shows of each execution (ListedExecution): never the bodies, headers or
+# fingerprint, which may be megabytes a row (GATE_MAX_STORED_BODY_BYTES) that a page of 50
+# would pull into the process for nothing. One execution's page reads the whole row.
+_LIST_COLUMNS = """
+    id, idempotency_key, method, mode, workflow_path, status, attempts, response_status,
+    outcome_unknown, last_error_type, created_at, updated_at, started_at, finished_at,
+    deliver_async, next_attempt_at
+"""
+
 # The trigger path calls functions (app/sql/02_functions.sql) that set the tenant for their own
 # transaction. Claims, accepts and outcomes come in batches (app/batching.py): one statement
 # calls the function once per element of its array arguments, in order, in one transaction.
@@ -126,7 +135,7 @@ FROM executions WHERE tenant_id = $1 AND idempotency_key = $2
 # asked for whole rows in id order, the planner would rather walk the primary key, through
 # every newer row of the other tenants.
 LIST_RECENT = f"""
-SELECT {_COLUMNS}
+SELECT {_LIST_COLUMNS}
 FROM executions
 WHERE tenant_id = $1 AND id = ANY(ARRAY(
     SELECT id FROM executions WHERE {{where}} ORDER BY id {{order}} LIMIT {{limit}}
@@ -225,6 +234,28 @@ class ExecutionRow:
     started_at: datetime | None
     finished_at: datetime | None
     expires_at: datetime | None
+    deliver_async: bool
+    next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ListedExecution:
+    """An execution as a list shows it (_LIST_COLUMNS): no bodies, headers or fingerprint."""
+
+    id: int
+    idempotency_key: str
+    method: str
+    mode: str
+    workflow_path: str
+    status: str
+    attempts: int
+    response_status: int | None
+    outcome_unknown: bool
+    last_error_type: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
     deliver_async: bool
     next_attempt_at: datetime | None
 
@@ -605,14 +636,14 @@ async def list_recent(
     before_id: int | None = None,
     after_id: int | None = None,
     limit: int,
-) -> list[ExecutionRow]:
+) -> list[ListedExecution]:
     """Newest first, older than `before_id`; or, with `after_id`, the oldest newer than it,
     oldest first (the page before, for the caller to turn round)."""
     where, args = _where(tenant_id, filters, before_id=before_id, after_id=after_id)
     order = "DESC" if after_id is None else "ASC"
     statement = LIST_RECENT.format(where=where, order=order, limit=f"${len(args) + 1}")
     records = await conn.fetch(statement, *args, limit)
-    return [ExecutionRow(**dict(record)) for record in records]
+    return [ListedExecution(**dict(record)) for record in records]
 
 
 @dataclass(frozen=True)

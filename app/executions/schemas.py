@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from app.errors import InvalidRequest
-from app.executions.repo import AttemptRow, ExecutionRow
+from app.executions.repo import AttemptRow, ExecutionRow, ListedExecution
 from app.numbers import ascii_int
 
 CURSOR_VERSION = "v1"
@@ -102,7 +102,7 @@ class ExecutionPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page.")
 
 
-def summary_of(row: ExecutionRow) -> ExecutionSummary:
+def summary_of(row: ExecutionRow | ListedExecution) -> ExecutionSummary:
     return ExecutionSummary(**_summary_fields(row))
 
 
@@ -159,7 +159,7 @@ def decode_cursor(cursor: str) -> int:
         ) from None
 
 
-def _summary_fields(row: ExecutionRow) -> dict[str, object]:
+def _summary_fields(row: ExecutionRow | ListedExecution) -> dict[str, object]:
     duration = _milliseconds(row.started_at, row.finished_at)
     return {
         "key": row.idempotency_key,

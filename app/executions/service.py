@@ -48,7 +48,7 @@ Started = decisions.Run | decisions.Replay
 
 @dataclass(frozen=True)
 class Page:
-    items: list[repo.ExecutionRow]
+    items: list[repo.ListedExecution]
     next_before_id: int | None  # older ones follow
     newer_after_id: int | None = None  # newer ones come before (a page asked with after_id)
 

@@ -42,7 +42,7 @@ from app.errors import (
     ReadOnlyKey,
     Unauthorized,
 )
-from app.executions.repo import STATUSES, ExecutionRow, QueueTarget
+from app.executions.repo import STATUSES, ExecutionRow, ListedExecution, QueueTarget
 from app.executions.schemas import encode_cursor
 from app.forwarding.headers import is_trusted
 from app.ui import views
@@ -473,7 +473,7 @@ def _error_page(
 class RowView:
     """An execution as a list row or a page header shows it."""
 
-    row: ExecutionRow
+    row: ExecutionRow | ListedExecution
     key_path: str
     created_ago: str
     finished_ago: str
@@ -481,7 +481,7 @@ class RowView:
     duration: str
 
 
-def _row(row: ExecutionRow, now: datetime) -> RowView:
+def _row(row: ExecutionRow | ListedExecution, now: datetime) -> RowView:
     return RowView(
         row=row,
         key_path=views.key_path(row.idempotency_key),

@@ -101,3 +101,46 @@ async def test_counts_stop_at_the_cap_and_scan_nothing_whole(
     assert counts.counts == {"pending": 0, "running": 0, "completed": 1000, "failed": 200}
     assert counts.at_least == {"completed"}
     assert exact.counts["completed"] == ROWS - ROWS // 100
+
+
+async def test_a_list_reads_no_bodies_or_headers(database_url: str) -> None:
+    """A page of executions with megabyte answers and requests moves a few hundred bytes a row
+    from the database, not the bodies: only the execution's own page reads those."""
+    conn = await asyncpg.connect(database_url)
+    tenant = await conn.fetchval(
+        "INSERT INTO tenants (name) VALUES ($1) RETURNING id", f"big-{uuid.uuid4().hex[:8]}"
+    )
+    big = b"x" * (1024 * 1024)
+    await conn.execute(
+        """
+        INSERT INTO executions (tenant_id, idempotency_key, fingerprint, method, mode,
+            workflow_path, status, attempts, deliver_async, response_status, response_headers,
+            response_body, request_raw_path, request_headers, request_body)
+        SELECT $1, 'big-' || g, '\\x00', 'POST', 'webhook', 'flow', 'completed', 1, true, 200,
+            '[["x-big", "v"]]', $2, 'flow', '[]', $2
+        FROM generate_series(1, 5) g
+        """,
+        tenant,
+        big,
+    )
+    try:
+        await conn.execute("SET ROLE n8n_gate_app")
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+            where, args = repo._where(tenant, repo.ExecutionFilter())
+            statement = repo.LIST_RECENT.format(
+                where=where, order="DESC", limit=f"${len(args) + 1}"
+            )
+            records = await conn.fetch(statement, *args, 50)
+            rows = await repo.list_recent(
+                conn, tenant_id=tenant, filters=repo.ExecutionFilter(), limit=50
+            )
+    finally:
+        await conn.execute("RESET ROLE")
+        await conn.execute("DELETE FROM executions WHERE tenant_id = $1", tenant)
+        await conn.execute("DELETE FROM tenants WHERE id = $1", tenant)
+        await conn.close()
+    assert len(records) == len(rows) == 5
+    read = sum(len(str(value)) for record in records for value in record.values())
+    assert read < 5 * 1000, f"{read} characters for 5 rows"
+    assert {"response_body", "request_body", "response_headers"}.isdisjoint(records[0].keys())
