@@ -6,7 +6,7 @@ serves them ahead of FastAPI's routing.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -112,9 +112,9 @@ async def list_executions(
         raise InvalidRequest(f"limit may be at most {services.settings.list_max_limit}.")
     filters = ExecutionFilter(
         status=status,
-        workflow=workflow,
+        workflow=_printable(workflow, "workflow"),
         mode=mode,
-        key_prefix=key_prefix,
+        key_prefix=_printable(key_prefix, "key_prefix"),
         created_from=_aware(created_after, "created_after"),
         created_to=_aware(created_before, "created_before"),
     )
@@ -129,8 +129,23 @@ async def list_executions(
 
 
 def _aware(moment: datetime | None, name: str) -> datetime | None:
-    if moment is not None and moment.tzinfo is None:
+    """The time in UTC; refused without a time zone, or when UTC has no such time (years 1
+    to 9999 only: 0001-01-01T00:00:00+14:00 is in the year 0)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
         raise InvalidRequest(
             f"{name} needs a time zone: add Z or an offset (2026-12-06T14:00:00Z)."
         )
-    return moment
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest(
+            f"{name} is out of range: in UTC it must fall in the years 1 to 9999."
+        ) from None
+
+
+def _printable(value: str | None, name: str) -> str | None:
+    if value is not None and not value.isprintable():
+        raise InvalidRequest(f"{name} may hold printable characters only.")
+    return value

@@ -36,7 +36,7 @@ from app.executions.gateway_answer import GatewayAnswer, replay_answer
 from app.executions.notifications import DatabaseNotifications
 from app.executions.replay_cache import ReplayCache
 from app.executions.runner import Runner
-from app.executions.trigger import TriggerRequest, location_for
+from app.executions.trigger import TriggerRequest, is_idempotency_key, location_for
 from app.tenants.signing import SigningSecrets
 from app.tenants.tenant import Tenant
 
@@ -186,6 +186,7 @@ class ExecutionService:
 
     async def retry(self, *, tenant: Tenant, key: str) -> ExecutionDetail:
         """Put one failed async execution back in the delivery queue."""
+        _check_key(key)
         async with db.connection(self._pool) as conn:
             requeued = await repo.requeue_failed(
                 conn, tenant_id=tenant.id, key=key, workflow=None, failed_since=None, limit=1
@@ -439,11 +440,21 @@ def _note_started(span: tracing.Span | None, started: Started) -> None:
 
 async def _detail(conn: db.PooledConnection, *, tenant: Tenant, key: str) -> ExecutionDetail:
     """The execution of `key` with its attempts; ExecutionNotFound when there is none."""
+    _check_key(key)
     row = await repo.find_by_key(conn, tenant_id=tenant.id, key=key)
     if row is None:
         raise ExecutionNotFound(f"No execution with Idempotency-Key {key!r} for this API key.")
     attempts = await repo.list_attempts(conn, tenant_id=tenant.id, execution_id=row.id)
     return ExecutionDetail(row=row, attempts=attempts)
+
+
+def _check_key(key: str) -> None:
+    """No execution has a key no trigger could send (a NUL, say, which the database's text
+    cannot even hold): such a key is not found, rather than an error of the query."""
+    if not is_idempotency_key(key):
+        raise ExecutionNotFound(
+            "No execution has that Idempotency-Key: keys are 1 to 255 printable ASCII characters."
+        )
 
 
 def _not_retryable_reason(row: repo.ExecutionRow) -> str:

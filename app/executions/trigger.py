@@ -53,6 +53,11 @@ def location_for(key: str) -> str:
     return f"/v1/executions/{quote(key, safe='')}"
 
 
+def is_idempotency_key(key: str) -> bool:
+    """Whether `key` could be an execution's: 1-255 printable ASCII, as a trigger requires."""
+    return 0 < len(key) <= MAX_KEY_LENGTH and _PRINTABLE_ASCII.fullmatch(key) is not None
+
+
 def parse_idempotency_key(values: list[str]) -> str:
     """The key as an RFC 8941 sf-string (`"abc"`) or a bare token; 1-255 printable ASCII."""
     if not values:

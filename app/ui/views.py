@@ -277,7 +277,7 @@ def _choice(value: str, allowed: Sequence[str], name: str, errors: list[str]) ->
 
 def _text(value: str, label: str, errors: list[str], *, strip: bool = True) -> str:
     value = value.strip() if strip else value
-    if len(value) > MAX_FILTER_CHARS or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if len(value) > MAX_FILTER_CHARS or not value.isprintable():
         errors.append(f"{label}: at most {MAX_FILTER_CHARS} printable characters.")
         return ""
     return value

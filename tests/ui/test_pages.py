@@ -432,3 +432,49 @@ async def test_a_bug_behind_a_page_is_a_500_page_and_logged(
     assert "a bug" not in page.text
     assert [r for r in caplog.records if r.name == "app.ui.routes" and r.exc_info]
     assert not [r for r in caplog.records if r.name == "app.problems"]  # logged once
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("key_prefix", "\x00"),
+        ("workflow", "\x00"),
+        ("created_after", "0001-01-01T00:00:00+14:00"),
+        ("created_after", "9999-12-31T23:59:59-14:00"),
+        ("created_before", "0001-01-01T00:00:00+14:00"),
+    ],
+)
+async def test_the_api_list_refuses_what_the_database_cannot_hold(
+    gateway: GatewayClient, name: str, value: str
+) -> None:
+    answer = await gateway.get("/v1/executions", params={name: value})
+    assert name in assert_problem(answer, 400, "invalid-request")["detail"]
+
+
+async def test_a_key_no_trigger_could_send_is_not_found_anywhere(
+    gateway: GatewayClient, api_key: str
+) -> None:
+    assert_problem(await gateway.get("/v1/executions/%00"), 404, "execution-not-found")
+    assert_problem(await gateway.post("/v1/executions/%00/retry"), 404, "execution-not-found")
+    assert_problem(await gateway.get(f"/v1/executions/{'k' * 256}"), 404, "execution-not-found")
+    token = await sign_in(gateway, api_key)
+    filtered = [
+        await gateway.get("/ui/", params={"key": "\x00"}),
+        await gateway.get("/ui/", params={"workflow": "a\x00b"}),
+        await gateway.get("/ui/dead-letters", params={"workflow": "\x00"}),
+        await gateway.get("/ui/counts", params={"key": "\x00"}),
+    ]
+    for page in filtered[:3]:
+        assert page.status_code == 400
+        assert page.headers["content-type"].startswith("text/html")
+        assert "printable characters" in page.text
+    assert filtered[3].status_code == 200
+    for path in ("/ui/executions/%00", "/ui/bodies/request/%00", "/ui/bodies/response/%00"):
+        missing = await gateway.get(path)
+        assert missing.status_code == 404, path
+        assert "printable ASCII" in missing.text
+    retried = await gateway.post(
+        "/ui/dead-letters/retry", data={"form_token": token, "key": "bad\x00key"}
+    )
+    assert retried.status_code == 200
+    assert "Not retried" in retried.text
