@@ -249,6 +249,14 @@ class DatabaseUnavailable(GateError):
     title = "Database unavailable"
 
 
+class QueryTooBroad(GateError):
+    """A dashboard query ran past its statement timeout: its filters match too much."""
+
+    status_code = 503
+    slug = "query-too-broad"
+    title = "Too much to read"
+
+
 class GatewayBusy(GateError):
     """The process holds as many bytes for requests in flight as it may: nothing was taken."""
 

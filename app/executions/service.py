@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+import asyncpg
+
 from app import db, metrics, tracing
 from app.config import Settings
 from app.errors import (
@@ -28,6 +30,7 @@ from app.errors import (
     InFlightWithId,
     NotRetryable,
     OutcomeUnknown,
+    QueryTooBroad,
 )
 from app.executions import decisions, repo
 from app.executions.background import BackgroundWork
@@ -221,10 +224,12 @@ class ExecutionService:
         before_id: int | None,
         limit: int,
         after_id: int | None = None,
+        timeout_ms: int | None = None,
     ) -> Page:
         """A page of executions, newest first: those older than `before_id`, or with
-        `after_id` the page just newer than it (keyset pagination both ways)."""
-        async with db.tenant_transaction(self._pool, tenant.id) as conn:
+        `after_id` the page just newer than it (keyset pagination both ways). With
+        `timeout_ms`, QueryTooBroad when a statement runs longer."""
+        async with self._reading(tenant, timeout_ms) as conn:
             rows = await repo.list_recent(
                 conn,
                 tenant_id=tenant.id,
@@ -247,28 +252,64 @@ class ExecutionService:
         )
 
     async def count_by_status(
-        self, *, tenant: Tenant, filters: repo.ExecutionFilter, cap: int
+        self,
+        *,
+        tenant: Tenant,
+        filters: repo.ExecutionFilter,
+        cap: int,
+        timeout_ms: int | None = None,
     ) -> repo.StatusCounts:
         """Executions per status under `filters` (their status aside), counted up to `cap`."""
-        async with db.tenant_transaction(self._pool, tenant.id) as conn:
+        async with self._reading(tenant, timeout_ms) as conn:
             return await repo.count_by_status(conn, tenant_id=tenant.id, filters=filters, cap=cap)
 
-    async def count(self, *, tenant: Tenant, filters: repo.ExecutionFilter, cap: int) -> int:
+    async def count(
+        self,
+        *,
+        tenant: Tenant,
+        filters: repo.ExecutionFilter,
+        cap: int,
+        timeout_ms: int | None = None,
+    ) -> int:
         """Executions that match `filters`, counted up to `cap`."""
-        async with db.tenant_transaction(self._pool, tenant.id) as conn:
+        async with self._reading(tenant, timeout_ms) as conn:
             return await repo.count(conn, tenant_id=tenant.id, filters=filters, cap=cap)
 
-    async def inspect(self, *, tenant: Tenant, key: str) -> Inspection:
+    async def inspect(
+        self, *, tenant: Tenant, key: str, timeout_ms: int | None = None
+    ) -> Inspection:
         """Everything the gateway keeps about one execution, request included."""
-        async with db.tenant_transaction(self._pool, tenant.id) as conn:
+        async with self._reading(tenant, timeout_ms) as conn:
             detail = await _detail(conn, tenant=tenant, key=key)
             request = await repo.find_request(conn, tenant_id=tenant.id, execution_id=detail.row.id)
         return Inspection(detail=detail, request=request)
 
-    async def queue_summary(self, *, tenant: Tenant) -> list[repo.QueueTarget]:
+    async def queue_summary(
+        self, *, tenant: Tenant, timeout_ms: int | None = None
+    ) -> list[repo.QueueTarget]:
         """The tenant's async deliveries waiting or running, per webhook."""
-        async with db.tenant_transaction(self._pool, tenant.id) as conn:
+        async with self._reading(tenant, timeout_ms) as conn:
             return await repo.queue_summary(conn, tenant_id=tenant.id)
+
+    @asynccontextmanager
+    async def _reading(
+        self, tenant: Tenant, timeout_ms: int | None
+    ) -> AsyncIterator[db.PooledConnection]:
+        """A transaction scoped to `tenant`; with `timeout_ms`, each of its statements may run
+        that long (lock waits included), and one cancelled for it is QueryTooBroad."""
+        async with db.tenant_transaction(self._pool, tenant.id) as conn:
+            if timeout_ms is not None:
+                await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+            try:
+                yield conn
+            except asyncpg.QueryCanceledError:
+                if timeout_ms is None:
+                    raise
+                raise QueryTooBroad(
+                    f"This view needs more than {timeout_ms / 1000:g} s of database work, so "
+                    "it was stopped. Narrow the filters: a status, a workflow, a shorter time "
+                    "range or a longer key prefix."
+                ) from None
 
     async def drain(self, *, grace_seconds: float) -> None:
         """Wait for claimed executions to be forwarded and recorded (shutdown)."""

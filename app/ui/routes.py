@@ -57,6 +57,9 @@ COUNT_CAP = 10_000
 BULK_RETRY_LIMIT = 1000  # dead letters one "retry all matching" puts back, as the API's limit
 MAX_SELECTED = 200
 MAX_FORM_BYTES = 64 * 1024
+# How long each of a page's statements may run (SET LOCAL statement_timeout): a filter no index
+# serves reads every execution of the tenant, and the list's counts refresh every 10 s.
+STATEMENT_TIMEOUT_MS = 5000
 SECURITY_HEADERS = {
     "content-security-policy": (
         "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
@@ -175,9 +178,13 @@ async def executions_page(visit: VisitDep) -> Response:
         before_id=query.before_id(),
         after_id=query.after_id(),
         limit=PAGE_SIZE,
+        timeout_ms=STATEMENT_TIMEOUT_MS,
     )
     counts = await executions.count_by_status(
-        tenant=visit.session.tenant, filters=query.filters(), cap=COUNT_CAP
+        tenant=visit.session.tenant,
+        filters=query.filters(),
+        cap=COUNT_CAP,
+        timeout_ms=STATEMENT_TIMEOUT_MS,
     )
     return _render(
         visit,
@@ -202,7 +209,10 @@ async def counts_json(visit: VisitDep) -> Response:
         return JSONResponse({"signed_in": False}, status_code=401)
     query = views.list_query(visit.request.query_params)
     counts = await visit.services.executions.count_by_status(
-        tenant=visit.session.tenant, filters=query.filters(), cap=COUNT_CAP
+        tenant=visit.session.tenant,
+        filters=query.filters(),
+        cap=COUNT_CAP,
+        timeout_ms=STATEMENT_TIMEOUT_MS,
     )
     shown = {s: views.count_text(n, s in counts.at_least) for s, n in counts.counts.items()}
     return JSONResponse({"signed_in": True, "counts": shown})
@@ -211,7 +221,9 @@ async def counts_json(visit: VisitDep) -> Response:
 async def execution_page(key: str, visit: VisitDep) -> Response:
     if visit.session is None:
         return _sign_in_page(visit)
-    inspection = await visit.services.executions.inspect(tenant=visit.session.tenant, key=key)
+    inspection = await visit.services.executions.inspect(
+        tenant=visit.session.tenant, key=key, timeout_ms=STATEMENT_TIMEOUT_MS
+    )
     detail, request = inspection.detail, inspection.request
     row = detail.row
     response_headers = _pairs(row.response_headers)
@@ -242,7 +254,9 @@ async def body_download(which: str, key: str, visit: VisitDep) -> Response:
         return _sign_in_page(visit)
     if which not in ("request", "response"):
         raise StarletteHTTPException(404)
-    inspection = await visit.services.executions.inspect(tenant=visit.session.tenant, key=key)
+    inspection = await visit.services.executions.inspect(
+        tenant=visit.session.tenant, key=key, timeout_ms=STATEMENT_TIMEOUT_MS
+    )
     if which == "request":
         body = inspection.request.body if inspection.request else None
     else:
@@ -264,9 +278,15 @@ async def dead_letters_page(visit: VisitDep) -> Response:
     executions = visit.services.executions
     tenant = visit.session.tenant
     page = await executions.list_recent(
-        tenant=tenant, filters=query.filters(), before_id=query.before_id(), limit=PAGE_SIZE
+        tenant=tenant,
+        filters=query.filters(),
+        before_id=query.before_id(),
+        limit=PAGE_SIZE,
+        timeout_ms=STATEMENT_TIMEOUT_MS,
     )
-    total = await executions.count(tenant=tenant, filters=query.filters(), cap=COUNT_CAP)
+    total = await executions.count(
+        tenant=tenant, filters=query.filters(), cap=COUNT_CAP, timeout_ms=STATEMENT_TIMEOUT_MS
+    )
     return _render(
         visit,
         "dead_letters.html",
@@ -292,7 +312,10 @@ async def confirm_retry(visit: VisitDep) -> Response:
     matching = None
     if not keys:
         total = await visit.services.executions.count(
-            tenant=session.tenant, filters=query.filters(), cap=COUNT_CAP
+            tenant=session.tenant,
+            filters=query.filters(),
+            cap=COUNT_CAP,
+            timeout_ms=STATEMENT_TIMEOUT_MS,
         )
         matching = {"count": total, "at_least": total >= COUNT_CAP}
     return _render(
@@ -332,7 +355,9 @@ async def retry(visit: VisitDep) -> Response:
             failed_since=query.since(),
             limit=BULK_RETRY_LIMIT,
         )
-        left = await executions.count(tenant=session.tenant, filters=query.filters(), cap=1)
+        left = await executions.count(
+            tenant=session.tenant, filters=query.filters(), cap=1, timeout_ms=STATEMENT_TIMEOUT_MS
+        )
     return _render(
         visit,
         "retried.html",
@@ -348,7 +373,9 @@ async def retry(visit: VisitDep) -> Response:
 async def queue_page(visit: VisitDep) -> Response:
     if visit.session is None:
         return _sign_in_page(visit)
-    targets = await visit.services.executions.queue_summary(tenant=visit.session.tenant)
+    targets = await visit.services.executions.queue_summary(
+        tenant=visit.session.tenant, timeout_ms=STATEMENT_TIMEOUT_MS
+    )
     return _render(
         visit,
         "queue.html",

@@ -478,3 +478,32 @@ async def test_a_key_no_trigger_could_send_is_not_found_anywhere(
     )
     assert retried.status_code == 200
     assert "Not retried" in retried.text
+
+
+async def test_a_page_whose_query_runs_too_long_says_to_narrow_the_filters(
+    gateway: GatewayClient, api_key: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each statement of a page may run STATEMENT_TIMEOUT_MS: one held up (here by a lock, as
+    it would be by reading every row of a large tenant) is stopped, and the page says why."""
+    import asyncio
+
+    import asyncpg
+
+    monkeypatch.setattr(app.ui.routes, "STATEMENT_TIMEOUT_MS", 200)
+    await trigger(gateway, f"slow-{uuid.uuid4().hex[:8]}")
+    await sign_in(gateway, api_key)
+    blocker = await asyncpg.connect(database_url)
+    try:
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE executions IN ACCESS EXCLUSIVE MODE")
+            pages = [
+                await asyncio.wait_for(gateway.get(path), 5)
+                for path in ("/ui/", "/ui/dead-letters", "/ui/executions/any", "/ui/queue")
+            ]
+    finally:
+        await blocker.close()
+    for page in pages:
+        assert page.status_code == 503
+        assert page.headers["content-type"].startswith("text/html")
+        assert "Narrow the filters" in page.text
+    assert (await gateway.get("/ui/")).status_code == 200
