@@ -179,6 +179,19 @@ CREATE TABLE alerts (
     CONSTRAINT alerts_one_per_end UNIQUE (execution_id, attempt)
 );
 
+-- Dashboard sessions (/ui): the sha256 of each session's random token (the browser holds the
+-- token, in its cookie), its tenant, its API key's prefix and its end. A session lives while
+-- its row does, until expires_at and only while its key is live; signing out deletes it. Only
+-- the owner reads it, through the ui_session_* functions (02_functions.sql), like api_keys: a
+-- reader of this table learns no token.
+CREATE TABLE ui_sessions (
+    token_hash  bytea PRIMARY KEY CHECK (length(token_hash) = 32),
+    tenant_id   uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    key_prefix  text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL
+);
+
 -- executions_tenant_key serves the claim and the status lookup; these serve the list.
 CREATE INDEX executions_recent ON executions (tenant_id, id DESC);
 CREATE INDEX executions_status_recent ON executions (tenant_id, status, id DESC);
@@ -195,6 +208,8 @@ CREATE INDEX delivery_queue_target_due ON delivery_queue (target, due_at);
 -- The alert take: due alerts by time; the alert reaper: all of them by age.
 CREATE INDEX alerts_due ON alerts (due_at) WHERE status IN ('pending', 'sending');
 CREATE INDEX alerts_created ON alerts (created_at);
+-- A session start deletes a few ended sessions, oldest first.
+CREATE INDEX ui_sessions_expiry ON ui_sessions (expires_at);
 
 -- Tenant tables: a row is visible only when `app.tenant_id` (set per transaction by the
 -- service, or by the functions themselves) names its tenant, even to the tables' owner.
@@ -208,6 +223,7 @@ ALTER TABLE api_keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE signing_secrets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE rate_buckets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE alerts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ui_sessions ENABLE ROW LEVEL SECURITY;
 
 -- NULLIF: once a transaction-local setting ends, the setting reads as '' rather than NULL.
 CREATE POLICY executions_tenant_isolation ON executions

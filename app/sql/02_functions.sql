@@ -43,6 +43,59 @@ AS $$
     )
 $$;
 
+-- Dashboard sessions (ui_sessions). A start records a session for a live key (nothing when the
+-- key was revoked or expired meanwhile) and deletes up to ten ended sessions, so the table holds
+-- about the live ones; it returns the session's end.
+CREATE OR REPLACE FUNCTION ui_session_start(
+    p_token_hash bytea, p_key_prefix text, p_seconds double precision
+)
+RETURNS timestamptz
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+    WITH ended AS (
+        DELETE FROM public.ui_sessions s
+        WHERE s.token_hash IN (
+            SELECT d.token_hash FROM public.ui_sessions d
+            WHERE d.expires_at < now()
+            ORDER BY d.expires_at
+            LIMIT 10
+            FOR UPDATE SKIP LOCKED
+        )
+    ), started AS (
+        INSERT INTO public.ui_sessions (token_hash, tenant_id, key_prefix, expires_at)
+        SELECT p_token_hash, k.tenant_id, k.prefix, now() + make_interval(secs => p_seconds)
+        FROM public.api_keys k
+        WHERE k.prefix = p_key_prefix AND k.revoked_at IS NULL
+          AND (k.expires_at IS NULL OR k.expires_at > now())
+        RETURNING expires_at
+    )
+    SELECT s.expires_at FROM started s
+$$;
+
+-- The session of a token's hash, while it lasts and its key is live (revoked or expired, the key
+-- ends its sessions); the key's rights as they are now.
+CREATE OR REPLACE FUNCTION ui_session_resume(p_token_hash bytea)
+RETURNS TABLE (
+    tenant_id uuid, tenant_name text, key_prefix text, read_only boolean, expires_at timestamptz
+)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+    SELECT s.tenant_id, t.name, s.key_prefix, k.read_only, s.expires_at
+    FROM public.ui_sessions s
+    JOIN public.api_keys k ON k.prefix = s.key_prefix AND k.tenant_id = s.tenant_id
+    JOIN public.tenants t ON t.id = s.tenant_id
+    WHERE s.token_hash = p_token_hash AND s.expires_at > now()
+      AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
+$$;
+
+-- Sign-out: the session ends at once, whoever holds a copy of its cookie.
+CREATE OR REPLACE FUNCTION ui_session_end(p_token_hash bytea)
+RETURNS boolean
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+    WITH gone AS (
+        DELETE FROM public.ui_sessions s WHERE s.token_hash = p_token_hash RETURNING 1
+    )
+    SELECT count(*) > 0 FROM gone
+$$;
+
 -- A provider route (GATE_ROUTES_FILE) names its tenant; the gateway resolves the name at start
 -- through this function, as the service role cannot read tenants.
 CREATE OR REPLACE FUNCTION tenant_lookup(tenant_name text)
@@ -657,6 +710,45 @@ BEGIN
           AND (p_key IS NULL OR e.idempotency_key = p_key)
           AND (p_workflow IS NULL OR e.workflow_path = p_workflow)
           AND (p_failed_since IS NULL OR e.finished_at >= p_failed_since)
+        ORDER BY e.id
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    ), requeued AS (
+        UPDATE executions e
+        SET status = 'pending', next_attempt_at = now(), expires_at = NULL, updated_at = now()
+        FROM chosen c WHERE e.id = c.id
+        RETURNING e.id, e.idempotency_key, e.mode || ' ' || e.workflow_path AS target
+    ), queued AS (
+        INSERT INTO delivery_queue (execution_id, tenant_id, due_at, target)
+        SELECT r.id, p_tenant, now(), r.target FROM requeued r
+        ON CONFLICT (execution_id) DO UPDATE SET due_at = now(), running = false
+    )
+    SELECT r.id, r.idempotency_key FROM requeued r;
+    IF FOUND THEN
+        PERFORM pg_notify('n8n_gate_delivery_due', '');
+    END IF;
+END
+$$;
+
+-- The same, bounded by when the dead letters failed too (before `p_failed_before`): the
+-- dashboard's "retry all matching" retries what its confirmation counted, not what failed since.
+CREATE OR REPLACE FUNCTION requeue_failed_executions_v2(
+    p_tenant uuid, p_key text, p_workflow text, p_failed_since timestamptz,
+    p_failed_before timestamptz, p_limit integer
+)
+RETURNS TABLE (execution_id bigint, idempotency_key text)
+LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM set_config('app.tenant_id', p_tenant::text, true);
+    RETURN QUERY
+    WITH chosen AS (
+        SELECT e.id FROM executions e
+        WHERE e.tenant_id = p_tenant AND e.status = 'failed' AND e.deliver_async
+          AND (p_key IS NULL OR e.idempotency_key = p_key)
+          AND (p_workflow IS NULL OR e.workflow_path = p_workflow)
+          AND (p_failed_since IS NULL OR e.finished_at >= p_failed_since)
+          AND (p_failed_before IS NULL OR e.finished_at < p_failed_before)
         ORDER BY e.id
         LIMIT p_limit
         FOR UPDATE SKIP LOCKED

@@ -413,6 +413,8 @@ async def sign_out(visit: VisitDep) -> Response:
     form = await _form(visit.request)
     if visit.session is not None:
         _check_form(visit, form)
+        await _sessions(visit.services).sign_out(visit.request.cookies.get(COOKIE))
+        logger.info("dashboard sign-out of API key %s", visit.session.prefix)
     response = RedirectResponse(visit.base + "/", status_code=303)
     response.delete_cookie(
         COOKIE, path=_cookie_path(visit), httponly=True, samesite="strict", secure=_https(visit)

@@ -1,10 +1,16 @@
-"""Dashboard sessions: signed in with an API key, kept in a signed cookie, no state on the server.
+"""Dashboard sessions: signed in with an API key, kept on the server (ui_sessions, migration 0013).
 
-The cookie holds the key's prefix, an expiry and a random nonce, signed (itsdangerous, HMAC
-SHA-256) with the key's stored hash. Every page looks the key up again by its prefix: a revoked or
-expired key ends its sessions at once, in every process, and no secret needs configuring. The
-hash never leaves the database and the service; the cookie shows nothing that `keys list` does
-not. The form token (CSRF) is an HMAC of the session's nonce under the same hash.
+Signing in makes a random 32-byte token; the browser keeps it in its cookie and the database
+keeps its sha256 only, with the session's tenant, its API key's prefix and its end (now +
+GATE_UI_SESSION_SECONDS, set by the database). Every page looks the session up again by the
+token's hash: it must exist, not have ended, and its API key must still be live, so revoking or
+expiring the key ends its sessions at once, in every process. Signing out deletes the row: a
+copy of the cookie taken before is then worth nothing. Nothing that the database holds (the
+key's hash, the token's) lets anyone make a session. The form token (CSRF) is an HMAC of the
+session's token, which the HttpOnly cookie keeps from the page's scripts.
+
+Only the owner reads ui_sessions, through SECURITY DEFINER functions (02_functions.sql), as
+with api_keys; a start also deletes a few ended sessions, so the table holds about the live ones.
 """
 
 from __future__ import annotations
@@ -13,11 +19,8 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
 from dataclasses import dataclass
-from typing import Any
-
-from itsdangerous import BadSignature, URLSafeSerializer
+from datetime import datetime
 
 from app import db
 from app.errors import Unauthorized
@@ -25,8 +28,14 @@ from app.tenants import repo
 from app.tenants.service import KEY_PATTERN, hash_key
 from app.tenants.tenant import Tenant
 
-_SALT = b"n8n-gate dashboard session"
-_PREFIX = re.compile(r"[0-9a-f]{12}")
+START = "SELECT ui_session_start($1, $2, $3)"
+RESUME = (
+    "SELECT tenant_id, tenant_name, key_prefix, read_only, expires_at FROM ui_session_resume($1)"
+)
+END = "SELECT ui_session_end($1)"
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
+_FORM = b"n8n-gate dashboard form"
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,7 @@ class Session:
     tenant: Tenant
     prefix: str
     read_only: bool
-    expires_at: int  # Unix time
+    expires_at: datetime
     form_token: str  # what every form of this session carries (CSRF)
 
 
@@ -53,64 +62,63 @@ class Sessions:
         """A new session for a live API key; Unauthorized for anything else."""
         api_key = api_key.strip()
         match = KEY_PATTERN.fullmatch(api_key)
-        stored = await self._lookup(match.group(1)) if match else None
-        if stored is None or not hmac.compare_digest(stored.key_hash, hash_key(api_key)):
+        prefix = match.group(1) if match else ""
+        async with db.connection(self._pool) as conn:
+            stored = await repo.find_key(conn, prefix=prefix) if match else None
+            if stored is None or not hmac.compare_digest(stored.key_hash, hash_key(api_key)):
+                stored = None
+            token = secrets.token_urlsafe(32)
+            expires_at: datetime | None = (
+                await conn.fetchval(START, _hash(token), prefix, float(self._lifetime))
+                if stored is not None
+                else None
+            )
+        if stored is None or expires_at is None:
             raise Unauthorized(
                 "That API key is unknown, revoked or expired. Paste a whole key as "
                 "'n8n-gate keys create' printed it (n8ng_...)."
             )
-        assert match is not None
-        prefix, nonce = match.group(1), secrets.token_urlsafe(16)
-        expires_at = int(time.time()) + self._lifetime
-        token = _serializer(stored.key_hash).dumps({"p": prefix, "e": expires_at, "n": nonce})
-        session = _session(stored, prefix, expires_at, nonce)
-        return SignedIn(session=session, cookie=f"{prefix}.{token}")
+        session = Session(
+            tenant=Tenant(id=stored.tenant_id, name=stored.tenant_name),
+            prefix=prefix,
+            read_only=stored.read_only,
+            expires_at=expires_at,
+            form_token=_form_token(token),
+        )
+        return SignedIn(session=session, cookie=token)
 
     async def resume(self, cookie: str | None) -> Session | None:
-        """The session a cookie holds, if its signature verifies under a live key and it has
-        not expired; None otherwise (a tampered, foreign or stale cookie is no session)."""
-        prefix, _, token = (cookie or "").partition(".")
-        if not _PREFIX.fullmatch(prefix) or not token or len(token) > 512:
+        """The session a cookie names, while it lasts and its key is live; None otherwise (a
+        tampered, foreign, ended or signed-out cookie is no session)."""
+        if cookie is None or not _TOKEN.fullmatch(cookie):
             return None
-        stored = await self._lookup(prefix)
-        if stored is None:
-            return None
-        try:
-            payload: Any = _serializer(stored.key_hash).loads(token)
-        except BadSignature:
-            return None
-        if not _well_formed(payload, prefix) or payload["e"] <= time.time():
-            return None
-        return _session(stored, prefix, payload["e"], payload["n"])
-
-    async def _lookup(self, prefix: str) -> repo.StoredKey | None:
         async with db.connection(self._pool) as conn:
-            return await repo.find_key(conn, prefix=prefix)
+            found = await conn.fetchrow(RESUME, _hash(cookie))
+        if found is None:
+            return None
+        return Session(
+            tenant=Tenant(id=found["tenant_id"], name=found["tenant_name"]),
+            prefix=found["key_prefix"],
+            read_only=found["read_only"],
+            expires_at=found["expires_at"],
+            form_token=_form_token(cookie),
+        )
+
+    async def sign_out(self, cookie: str | None) -> None:
+        """End the session a cookie names, at once (any copy of the cookie with it)."""
+        if cookie is None or not _TOKEN.fullmatch(cookie):
+            return
+        async with db.connection(self._pool) as conn:
+            await conn.execute(END, _hash(cookie))
 
 
 def form_token_matches(session: Session, sent: str | None) -> bool:
     return sent is not None and hmac.compare_digest(session.form_token, sent)
 
 
-def _serializer(key_hash: bytes) -> URLSafeSerializer:
-    return URLSafeSerializer(key_hash, salt=_SALT, signer_kwargs={"digest_method": hashlib.sha256})
+def _hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
 
 
-def _well_formed(payload: Any, prefix: str) -> bool:
-    return (
-        isinstance(payload, dict)
-        and payload.get("p") == prefix
-        and isinstance(payload.get("e"), int)
-        and isinstance(payload.get("n"), str)
-    )
-
-
-def _session(stored: repo.StoredKey, prefix: str, expires_at: int, nonce: str) -> Session:
-    form_token = hmac.new(stored.key_hash, b"form " + nonce.encode(), hashlib.sha256).hexdigest()
-    return Session(
-        tenant=Tenant(id=stored.tenant_id, name=stored.tenant_name),
-        prefix=prefix,
-        read_only=stored.read_only,
-        expires_at=expires_at,
-        form_token=form_token,
-    )
+def _form_token(token: str) -> str:
+    return hmac.new(token.encode(), _FORM, hashlib.sha256).hexdigest()

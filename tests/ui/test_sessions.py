@@ -3,10 +3,16 @@ protection against other sites (CSRF), over HTTP against the real app."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import time
+import uuid
+from datetime import timedelta
+
 import asyncpg
 import pytest
+from itsdangerous import URLSafeSerializer
 
-import app.ui.sessions
 from app.config import Settings
 from app.tenants import repo as tenants_repo
 from app.tenants.service import create_key
@@ -120,55 +126,117 @@ async def test_sign_out_ends_the_session(settings: Settings, api_key: str) -> No
 
 
 async def test_a_session_ends_when_it_expires_or_its_key_is_revoked(
-    settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, database_url: str
 ) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         key = await create_key(conn, tenant_name="expiring-ui")
         async with gateway_client(settings, None) as client:
             await sign_in(client, key.secret)
-            later = _Clock(offset=settings.ui_session_seconds + 1)
-            with monkeypatch.context() as patched:
-                patched.setattr(app.ui.sessions, "time", later)
-                expired = await client.get("/ui/")
-            assert 'name="api_key"' in expired.text
-            assert "expiring-ui" in (await client.get("/ui/")).text  # not expired yet
+            ends = await conn.fetchval(
+                "SELECT expires_at - created_at FROM ui_sessions WHERE key_prefix = $1",
+                key.prefix,
+            )
+            assert ends == timedelta(seconds=settings.ui_session_seconds)
+            assert "expiring-ui" in (await client.get("/ui/")).text
+            await conn.execute(
+                "UPDATE ui_sessions SET expires_at = now() - interval '1 second' "
+                "WHERE key_prefix = $1",
+                key.prefix,
+            )
+            expired = await client.get("/ui/")
+            await sign_in(client, key.secret)
             await tenants_repo.revoke_key(conn, prefix=key.prefix)
             revoked = await client.get("/ui/")
     finally:
         await conn.close()
+    assert 'name="api_key"' in expired.text
     assert 'name="api_key"' in revoked.text
 
 
-async def test_a_tampered_or_borrowed_cookie_is_no_session(
-    settings: Settings, api_key: str, database_url: str
+async def test_a_cookie_copied_before_sign_out_is_no_session_after_it(
+    settings: Settings, api_key: str
 ) -> None:
-    other_key = await new_api_key(database_url)
     async with gateway_client(settings, None) as client:
-        await sign_in(client, api_key)
-        cookie = client.cookies["n8n_gate_session"]
-        prefix, _, token = cookie.partition(".")
-        other_prefix = other_key.split("_")[1]
-        forged = {
-            "flipped": f"{prefix}.{token[:-2]}{'A' if token[-2] != 'A' else 'B'}{token[-1]}",
-            "borrowed prefix": f"{other_prefix}.{token}",
-            "garbage": "not-a-session",
-        }
-        for what, value in forged.items():
-            client.cookies.clear()
-            client.cookies.set("n8n_gate_session", value, domain="gate.test", path="/ui")
-            page = await client.get("/ui/")
-            assert 'name="api_key"' in page.text, what
+        token = await sign_in(client, api_key)
+        copied = client.cookies["n8n_gate_session"]
+        await client.post("/ui/sign-out", data={"form_token": token})
+        client.cookies.set("n8n_gate_session", copied, domain="gate.test", path="/ui")
+        replayed = await client.get("/ui/")
+        form = await client.post("/ui/dead-letters/retry", data={"form_token": token, "key": "k"})
+    assert 'name="api_key"' in replayed.text
+    assert form.status_code == 401
 
 
-class _Clock:
-    def __init__(self, *, offset: float) -> None:
-        import time
+async def test_what_the_database_holds_makes_no_session(
+    settings: Settings, database_url: str
+) -> None:
+    """Neither the key's stored hash (what sessions were signed with once) nor the session's
+    stored hash lets a reader of the database make a cookie."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        key = await create_key(conn, tenant_name=f"db-reader-{uuid.uuid4().hex[:6]}")
+        key_hash = await conn.fetchval(
+            "SELECT key_hash FROM api_keys WHERE prefix = $1", key.prefix
+        )
+        async with gateway_client(settings, None) as client:
+            await sign_in(client, key.secret)
+            cookie = client.cookies["n8n_gate_session"]
+            token_hash = await conn.fetchval(
+                "SELECT token_hash FROM ui_sessions WHERE key_prefix = $1", key.prefix
+            )
+            assert token_hash == hashlib.sha256(cookie.encode()).digest()
+            signer = URLSafeSerializer(
+                key_hash,
+                salt=b"n8n-gate dashboard session",
+                signer_kwargs={"digest_method": hashlib.sha256},
+            )
+            far = int(time.time()) + 10 * 365 * 86400
+            forged = {
+                "signed with the key's hash": key.prefix
+                + "."
+                + signer.dumps({"p": key.prefix, "e": far, "n": "x"}),
+                "the stored hash": base64.urlsafe_b64encode(token_hash).decode().rstrip("="),
+                "flipped": cookie[:-1] + ("A" if cookie[-1] != "A" else "B"),
+                "garbage": "not-a-session",
+            }
+            for what, value in forged.items():
+                client.cookies.clear()
+                client.cookies.set("n8n_gate_session", value, domain="gate.test", path="/ui")
+                page = await client.get("/ui/")
+                assert 'name="api_key"' in page.text, what
+    finally:
+        await conn.close()
 
-        self._now = time.time() + offset
 
-    def time(self) -> float:
-        return self._now
+async def test_ended_sessions_do_not_pile_up(settings: Settings, database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        key = await create_key(conn, tenant_name=f"pile-{uuid.uuid4().hex[:6]}")
+        tenant = await conn.fetchval("SELECT tenant_id FROM api_keys WHERE prefix = $1", key.prefix)
+        await conn.execute(
+            "INSERT INTO ui_sessions (token_hash, tenant_id, key_prefix, expires_at) "
+            "SELECT sha256(g::text::bytea), $1, $2, now() - interval '1 hour' "
+            "FROM generate_series(1, 25) g",
+            tenant,
+            key.prefix,
+        )
+        async with gateway_client(settings, None) as client:
+            for _ in range(3):
+                client.cookies.clear()
+                await sign_in(client, key.secret)
+        left = await conn.fetchval(
+            "SELECT count(*) FROM ui_sessions WHERE expires_at < now() AND key_prefix = $1",
+            key.prefix,
+        )
+        live = await conn.fetchval(
+            "SELECT count(*) FROM ui_sessions WHERE expires_at > now() AND key_prefix = $1",
+            key.prefix,
+        )
+    finally:
+        await conn.close()
+    assert left == 0  # each start deletes up to ten ended sessions
+    assert live == 3
 
 
 async def test_forms_without_the_session_token_or_from_another_site_are_refused(
