@@ -104,7 +104,7 @@ RETAKE = "SELECT (execution).id, (execution).attempts FROM retake_execution($1, 
 MARK_WAITED = "SELECT mark_execution_waited($1, $2)"
 TAKE_DUE = "SELECT tenant_id, execution, ended FROM take_due_deliveries_v3($1, $2, $3, $4, $5, $6)"
 REQUEUE_FAILED = (
-    "SELECT execution_id, idempotency_key FROM requeue_failed_executions($1, $2, $3, $4, $5)"
+    "SELECT execution_id, idempotency_key FROM requeue_failed_executions_v2($1, $2, $3, $4, $5, $6)"
 )
 RELEASE_UNFORWARDED = "SELECT release_unforwarded_claim($1, $2, $3, $4)"
 # Runs as the owner (SECURITY DEFINER), across tenants, expired rows only.
@@ -172,6 +172,7 @@ _FILTER_CLAUSES = {
     "created_from": "created_at >= {}",
     "created_to": "created_at < {}",
     "finished_from": "finished_at >= {}",
+    "finished_before": "finished_at < {}",
     "key_prefix": "idempotency_key LIKE {} ESCAPE '\\'",
     "before_id": "id < {}",
     "after_id": "id > {}",
@@ -272,6 +273,7 @@ class ExecutionFilter:
     created_from: datetime | None = None
     created_to: datetime | None = None
     finished_from: datetime | None = None
+    finished_before: datetime | None = None
     key_prefix: str | None = None
 
 
@@ -579,9 +581,12 @@ async def requeue_failed(
     workflow: str | None,
     failed_since: datetime | None,
     limit: int,
+    failed_before: datetime | None = None,
 ) -> list[str]:
     """Put failed async executions back in the delivery queue; return their keys."""
-    records = await conn.fetch(REQUEUE_FAILED, tenant_id, key, workflow, failed_since, limit)
+    records = await conn.fetch(
+        REQUEUE_FAILED, tenant_id, key, workflow, failed_since, failed_before, limit
+    )
     return [record["idempotency_key"] for record in records]
 
 

@@ -201,9 +201,16 @@ class ExecutionService:
         return detail
 
     async def retry_failed(
-        self, *, tenant: Tenant, workflow: str | None, failed_since: datetime | None, limit: int
+        self,
+        *,
+        tenant: Tenant,
+        workflow: str | None,
+        failed_since: datetime | None,
+        limit: int,
+        failed_before: datetime | None = None,
     ) -> list[str]:
-        """Put up to `limit` failed async executions back in the queue; return their keys."""
+        """Put up to `limit` failed async executions back in the queue (those that failed
+        before `failed_before`, if given); return their keys."""
         async with db.connection(self._pool) as conn:
             requeued = await repo.requeue_failed(
                 conn,
@@ -211,6 +218,7 @@ class ExecutionService:
                 key=None,
                 workflow=workflow,
                 failed_since=failed_since,
+                failed_before=failed_before,
                 limit=limit,
             )
         metrics.RETRIES_REQUESTED.inc(len(requeued))

@@ -11,6 +11,7 @@ session's tenant (Row Level Security).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -311,6 +312,8 @@ async def confirm_retry(visit: VisitDep) -> Response:
         raise InvalidRequest(" ".join(query.errors))
     matching = None
     if not keys:
+        # The retry takes what had failed by now: not dead letters that arrive meanwhile.
+        query = dataclasses.replace(query, until=visit.now.isoformat())
         total = await visit.services.executions.count(
             tenant=session.tenant,
             filters=query.filters(),
@@ -349,10 +352,16 @@ async def retry(visit: VisitDep) -> Response:
         left = 0
         bulk_keys: list[str] = []
     else:
+        if not query.until:
+            raise InvalidRequest(
+                "Retrying all matching dead letters needs its confirmation page: go back to the "
+                "dead letters and choose 'Retry all matching' again."
+            )
         bulk_keys = await executions.retry_failed(
             tenant=session.tenant,
             workflow=query.workflow or None,
             failed_since=query.since(),
+            failed_before=query.until_time(),
             limit=BULK_RETRY_LIMIT,
         )
         left = await executions.count(

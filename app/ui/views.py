@@ -236,6 +236,9 @@ class DeadLetterQuery:
     workflow: str = ""
     failed_since: str = ""
     before: str = ""
+    # "Retry all matching": when its confirmation counted them (ISO 8601, UTC); the retry takes
+    # only dead letters that had failed by then.
+    until: str = ""
     errors: list[str] = field(default_factory=list)
 
     def filters(self) -> ExecutionFilter:
@@ -244,10 +247,14 @@ class DeadLetterQuery:
             deliver_async=True,
             workflow=self.workflow or None,
             finished_from=_moment(self.failed_since),
+            finished_before=self.until_time(),
         )
 
     def since(self) -> datetime | None:
         return _moment(self.failed_since)
+
+    def until_time(self) -> datetime | None:
+        return _instant(self.until) if self.until else None
 
     def before_id(self) -> int | None:
         return decode_cursor(self.before) if self.before else None
@@ -264,8 +271,25 @@ def dead_letter_query(params: Mapping[str, str]) -> DeadLetterQuery:
         workflow=_text(params.get("workflow", ""), "Workflow", errors),
         failed_since=_time_text(params.get("since", ""), "Failed since", errors),
         before=_cursor(params.get("before", ""), errors),
+        until=_until(params.get("until", ""), errors),
         errors=errors,
     )
+
+
+def _until(value: str, errors: list[str]) -> str:
+    if value and _instant(value) is None:
+        errors.append("That confirmation is not one this dashboard made; confirm again.")
+        return ""
+    return value
+
+
+def _instant(value: str) -> datetime | None:
+    """An ISO 8601 time with its offset, as the confirmation page writes it."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 def _choice(value: str, allowed: Sequence[str], name: str, errors: list[str]) -> str:

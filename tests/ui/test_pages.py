@@ -310,7 +310,18 @@ async def test_dead_letters_are_retried_one_by_one_or_all_matching_after_a_confi
     )
     assert "Retry all matching dead letters?" in confirm_all.text
     assert re.search(r"<strong>\d+</strong> dead letters? of workflow", confirm_all.text)
+    late = f"{run}-late"  # a dead letter that arrives after the confirmation counted them
+    await dead_letter(gateway, late, path="fail")
     all_retried = await gateway.post(
+        "/ui/dead-letters/retry",
+        data={
+            "form_token": token,
+            "workflow": "fail",
+            "since": "",
+            "until": field(confirm_all.text, "until"),
+        },
+    )
+    unconfirmed = await gateway.post(
         "/ui/dead-letters/retry", data={"form_token": token, "workflow": "fail", "since": ""}
     )
     assert all_retried.status_code == 200
@@ -318,6 +329,11 @@ async def test_dead_letters_are_retried_one_by_one_or_all_matching_after_a_confi
         assert key in all_retried.text
         status = (await gateway.get(f"/v1/executions/{key}")).json()
         assert status["attempts"] >= 2 or status["status"] in ("pending", "running")
+    assert late not in all_retried.text
+    late_status = (await gateway.get(f"/v1/executions/{late}")).json()
+    assert (late_status["status"], late_status["attempts"]) == ("failed", 1)
+    assert unconfirmed.status_code == 400
+    assert "confirmation page" in unconfirmed.text
 
 
 async def test_the_queue_shows_depth_and_the_oldest_due_item_per_webhook(
