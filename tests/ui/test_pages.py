@@ -16,6 +16,7 @@ import app.ui.routes
 from app.config import Settings
 from tests.conftest import ClientFactory, GatewayClient, gateway_client, new_api_key
 from tests.support.dbproxy import DatabaseProxy
+from tests.support.dead_processes import died_mid_delivery
 from tests.support.executions_api import until_status
 from tests.support.fake_n8n import BINARY_BODY, FakeN8n
 from tests.support.problems import assert_problem
@@ -523,3 +524,32 @@ async def test_a_page_whose_query_runs_too_long_says_to_narrow_the_filters(
         assert page.headers["content-type"].startswith("text/html")
         assert "Narrow the filters" in page.text
     assert (await gateway.get("/ui/")).status_code == 200
+
+
+async def test_a_dead_letter_that_may_have_run_is_marked_before_a_retry(
+    make_client: ClientFactory, database_url: str, n8n: FakeN8n
+) -> None:
+    """Its process died mid-delivery and GATE_UNKNOWN_OUTCOME=refuse ended it: n8n may have run
+    it, so the list says so, where a bulk retry is chosen."""
+    tenant = f"unknown-{uuid.uuid4().hex[:8]}"
+    api_key = await new_api_key(database_url, tenant_name=tenant)
+    maybe_ran, failed = f"maybe-{uuid.uuid4()}", f"failed-{uuid.uuid4()}"
+    async with make_client(api_key=api_key, delivery_workers=0) as accepting:
+        headers = {**ASYNC, "Idempotency-Key": maybe_ran}
+        await accepting.post("/webhook/echo", json={}, headers=headers)
+    await died_mid_delivery(database_url, tenant, maybe_ran)
+    settings = {**RETRY_FAST, "unknown_outcome": "refuse"}
+    async with make_client(api_key=api_key, **settings) as client:
+        await until_status(client, maybe_ran, "failed")
+        await dead_letter(client, failed)
+        await sign_in(client, api_key)
+        page = (await client.get("/ui/dead-letters")).text
+    rows = {key: row for key, row in _rows_by_key(page).items() if key in (maybe_ran, failed)}
+    assert "outcome unknown" in rows[maybe_ran]
+    assert "outcome unknown" not in rows[failed]
+
+
+def _rows_by_key(page: str) -> dict[str, str]:
+    """Each list row's HTML, by the idempotency key it shows."""
+    rows = re.findall(r"<tr>(.*?)</tr>", page, flags=re.DOTALL)
+    return {keys_listed(row)[0]: row for row in rows if keys_listed(row)}
