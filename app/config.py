@@ -391,12 +391,13 @@ class Settings(BaseSettings):
         description="Longest one send of an alert may take; longer is a failed send.",
     )
     alert_max_sends: int = Field(
-        default=10,
+        default=30,
         ge=1,
         le=100,
         description=(
             "Sends of an alert, with the deliveries' backoff, before it is given up (an "
-            "ERROR log line; `n8n-gate alerts list` shows it)."
+            "ERROR log line; `n8n-gate alerts list` shows it). 30 with the default backoff: "
+            "a receiver may be away about an hour."
         ),
     )
     public_url: AnyHttpUrl | None = Field(

@@ -74,6 +74,17 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class WithoutQuery(logging.Filter):
+    """uvicorn's access line shows the path without its query string: a webhook's caller may
+    put a token there (`?token=...`), as the traces leave it out too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (*args[:2], args[2].split("?", 1)[0], *args[3:])
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, then the context fields."""
 
@@ -103,9 +114,13 @@ def log_config(level: str, log_format: LogFormat = "text") -> dict[str, Any]:
         "stream": "ext://sys.stderr",
     }
     config["loggers"]["app"] = {"handlers": ["app"], "level": level, "propagate": False}
-    config["filters"] = {"context": {"()": ContextFilter}}
+    config["filters"] = {"context": {"()": ContextFilter}, "without_query": {"()": WithoutQuery}}
     for handler in config["handlers"].values():
         handler["filters"] = ["context"]
+    config["handlers"]["access"]["filters"].append("without_query")
+    # OpenTelemetry warns of each malformed member of a caller's tracestate, quoting it, before
+    # any authentication: anyone could write WARNING lines of their own text.
+    config["loggers"]["opentelemetry.trace.span"] = {"level": "ERROR"}
     # Everything else that logs (asyncio, asyncpg...) goes through the same handler, warnings up.
     config["root"] = {"handlers": ["app"], "level": "WARNING"}
     if log_format == "json":

@@ -46,6 +46,7 @@ PREFIX = "n8n_gate."
 # replaces this list). Matched against the request's whole URL.
 EXCLUDED_URLS = r"^[a-z]+://[^/]+/(healthz|readyz|metrics)(\?.*)?$"
 SHUTDOWN_SECONDS = 5.0
+NO_HEADER = "(?!)"  # a regular expression that matches nothing
 
 Kind = Literal["internal", "client", "consumer"]
 
@@ -217,9 +218,10 @@ def instrument(app: Any) -> None:
         excluded_urls=excluded,
         server_request_hook=_without_query,
         # Never a header in a span, whatever OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_* say:
-        # credentials, signatures and keys travel in headers of any name.
-        http_capture_headers_server_request=[],
-        http_capture_headers_server_response=[],
+        # credentials, signatures and keys travel in headers of any name. A pattern that
+        # matches no name: an empty list counts as unset, and the variables then apply.
+        http_capture_headers_server_request=[NO_HEADER],
+        http_capture_headers_server_response=[NO_HEADER],
         exclude_spans=["receive", "send"],
     )
     _active.apps.append(app)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import uuid
 
 import httpx
@@ -13,7 +15,7 @@ import pytest
 from tests.conftest import new_api_key
 from tests.support.executions_api import new_key, until_status
 from tests.support.fake_n8n import FakeN8n
-from tests.support.processes import Gateway, cli_env
+from tests.support.processes import ROOT, Gateway, cli_env
 
 
 async def test_a_request_id_is_kept_or_made_and_reaches_n8n(
@@ -53,7 +55,7 @@ async def test_a_serving_process_logs_json_lines_with_the_requests_context(
     try:
         async with httpx.AsyncClient(base_url=gateway.base_url) as client:
             answer = await client.post(
-                "/webhook/fail",
+                "/webhook/fail?token=query-secret",
                 json={"card": "4242424242424242"},
                 headers={
                     "Authorization": f"Bearer {api_key}",
@@ -80,5 +82,21 @@ async def test_a_serving_process_logs_json_lines_with_the_requests_context(
     assert failed["error_type"] == "n8n-error"
     access = [record for record in records if record["logger"] == "uvicorn.access"]
     assert any("/webhook/fail" in record["message"] for record in access)
-    for secret in (api_key, api_key.split("_")[-1], "4242424242424242"):
+    for secret in (api_key, api_key.split("_")[-1], "4242424242424242", "query-secret"):
         assert secret not in output
+
+
+def test_a_callers_tracestate_writes_no_log_line() -> None:
+    """OpenTelemetry warns of a malformed tracestate member quoting it, before any API key is
+    checked: with the gateway's logging, a caller cannot write lines of its own text."""
+    script = (
+        "import logging.config\n"
+        "from app.logs import log_config\n"
+        "logging.config.dictConfig(log_config('INFO'))\n"
+        "from opentelemetry.trace.span import TraceState\n"
+        "TraceState.from_header(['ok=1,INJECTED-by-a-caller'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert "INJECTED" not in done.stdout + done.stderr

@@ -360,8 +360,15 @@ async def test_a_malformed_traceparent_starts_a_new_trace_and_is_not_an_error(
 
 
 async def test_spans_carry_no_secret_query_or_body(
-    spans: InMemorySpanExporter, settings: Settings, api_key: str, n8n: FakeN8n
+    spans: InMemorySpanExporter,
+    settings: Settings,
+    api_key: str,
+    n8n: FakeN8n,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # What a platform may set for every service: every header of every request and answer.
+    for direction in ("REQUEST", "RESPONSE"):
+        monkeypatch.setenv(f"OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_{direction}", ".*")
     keys = [new_key(), new_key()]
     async with gateway_client(settings, None) as client:
         for key, auth in zip(

@@ -53,7 +53,11 @@ class DeliveryWorkers:
         self._dispatcher: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
         self._alerts = alerts
+        # Alerts may take half the slots. A single worker's one slot goes to a due delivery
+        # first: alerts taken first took it again each time it freed, and a receiver that
+        # hung held back every delivery (each send waiting out its timeout).
         self._alert_slots = max(1, count // 2)
+        self._alerts_after_deliveries = count < 2
         self._alerts_in_flight: set[asyncio.Task[None]] = set()
         self._next_alert_look = 0.0  # monotonic
 
@@ -79,14 +83,19 @@ class DeliveryWorkers:
         while not self._stopping:
             # Cleared before the take: a wake-up during the take means look again at once.
             self._look_again.clear()
-            await self._send_due_alerts()
+            if not self._alerts_after_deliveries:
+                await self._send_due_alerts()
             if not self._readiness.is_ready:  # n8n is down or starting: take nothing meanwhile
                 await self._readiness.wait_until_ready(time.monotonic() + self._poll_seconds)
+                if self._alerts_after_deliveries:
+                    await self._send_due_alerts()
                 continue
             free = self._count - len(self._deliveries)
             taken = await self._take(free) if free > 0 else []
             for delivery in taken:
                 self._start(delivery)
+            if self._alerts_after_deliveries:
+                await self._send_due_alerts()
             if free > 0 and len(taken) == free:
                 continue  # every slot filled: more may be due once one frees
             with contextlib.suppress(TimeoutError):

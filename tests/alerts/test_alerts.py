@@ -379,3 +379,29 @@ async def claimed_and_abandoned(database_url: str, tenant: str, key: str) -> Non
         await conn.execute("SELECT pg_sleep(0.01)")  # past the lease
     finally:
         await conn.close()
+
+
+async def test_a_single_worker_delivers_while_alerts_wait_on_a_silent_receiver(
+    make_client: ClientFactory, database_url: str, n8n: FakeN8n, receiver: tuple[AlertReceiver, str]
+) -> None:
+    """GATE_DELIVERY_WORKERS=1: the one slot goes to a due delivery first. Taken first, each
+    due alert took it again as it freed, and a receiver that never answers held back every
+    delivery for as long as alerts were due."""
+    alerts, url = receiver
+    alerts.hold()
+    _tenant, api_key = await new_tenant(database_url)
+    settings = {**QUICK, "alert_url": url, "alert_timeout_seconds": 0.5, "retry_max_attempts": 1}
+    async with make_client(api_key=api_key, delivery_workers=1, **settings) as client:
+        dead = [new_key() for _ in range(8)]
+        for key in dead:
+            await client.post("/webhook/fail", json={}, headers={**ASYNC, "Idempotency-Key": key})
+        for key in dead:
+            await until_status(client, key, "failed")
+        started = time.monotonic()
+        fresh = new_key()
+        await client.post("/webhook/echo", json={}, headers={**ASYNC, "Idempotency-Key": fresh})
+        await until_status(client, fresh, "completed")
+        waited = time.monotonic() - started
+    alerts.release()
+    # Eight alerts due, each send waiting out 0.5 s: taken first, the delivery waited them all.
+    assert waited < 2.0, waited
