@@ -472,6 +472,8 @@ def _sign_in_page(
 ) -> HTMLResponse:
     """The sign-in page, answered in place of any page asked for without a session; signed in,
     the browser comes back to the page it asked for."""
+    if _arrived_from_another_site(visit.request):
+        return _reload_from_here()
     if not next_path and visit.request.method == "GET":
         asked = visit.request.url.path[len(visit.base) :]
         query = visit.request.url.query
@@ -490,6 +492,27 @@ def _sign_in_page(
     response.headers["cache-control"] = "no-store"
     _set_cookie(visit, response, FORM_COOKIE, token, max_age=3600)
     return response
+
+
+def _arrived_from_another_site(request: Request) -> bool:
+    """A link followed from another site (an alert in Slack or mail, Grafana): the browser
+    sends no SameSite=Strict cookie with it, signed in or not."""
+    return (
+        request.method == "GET"
+        and request.headers.get("sec-fetch-site") == "cross-site"
+        and COOKIE not in request.cookies
+    )
+
+
+def _reload_from_here() -> HTMLResponse:
+    """The same URL again, asked by this site's own page: its Strict cookie goes with it. The
+    reload is same-origin, so it never comes back here."""
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta http-equiv="refresh" content="0"><title>n8n-gate</title></head>'
+        "<body><p>Opening…</p></body></html>"
+    )
+    return HTMLResponse(page, headers={"cache-control": "no-store"})
 
 
 def _error_page(

@@ -186,6 +186,22 @@ def test_a_form_posted_from_another_site_is_refused(gateway: Gateway) -> None:
     assert status_of(gateway, key)["status"] == "failed"
 
 
+def test_a_link_from_another_site_opens_the_page_signed_in(gateway: Gateway) -> None:
+    """An alert's link, clicked in another site (Slack, mail): the SameSite=Strict cookie is
+    not sent with it, and the dashboard reloads the page from its own site, which sends it."""
+    key = f"linked-{uuid.uuid4().hex[:8]}"
+    dead_letter(gateway, key)
+    link = f'<a href="{gateway.url}/ui/executions/{key}">the dead letter</a>'
+    elsewhere = Starlette(routes=[Route("/", lambda _: HTMLResponse(link))])
+    with serve_in_thread(elsewhere) as other_site, browser() as context:
+        page = context.new_page()
+        sign_in(page, gateway, gateway.writer)
+        page.goto(other_site)  # 127.0.0.1: another site than localhost
+        page.get_by_role("link", name="the dead letter").click()
+        expect(page.get_by_role("heading", name=key)).to_be_visible()
+        assert page.url == f"{gateway.url}/ui/executions/{key}"
+
+
 def _forged_form(gateway: Gateway, key: str) -> str:
     return (
         f'<form method="post" action="{gateway.url}/ui/dead-letters/retry">'

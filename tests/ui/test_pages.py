@@ -553,3 +553,21 @@ def _rows_by_key(page: str) -> dict[str, str]:
     """Each list row's HTML, by the idempotency key it shows."""
     rows = re.findall(r"<tr>(.*?)</tr>", page, flags=re.DOTALL)
     return {keys_listed(row)[0]: row for row in rows if keys_listed(row)}
+
+
+async def test_a_link_from_another_site_is_reloaded_from_this_one(
+    gateway: GatewayClient,
+) -> None:
+    """A browser sends no SameSite=Strict cookie with a link followed from another site (an
+    alert in Slack): the dashboard has the page reloaded from its own, which sends it."""
+    crossing = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    bounced = await gateway.get("/ui/executions/some-key", headers=crossing)
+    assert bounced.status_code == 200
+    assert '<meta http-equiv="refresh" content="0">' in bounced.text
+    assert "set-cookie" not in bounced.headers
+    # The reload comes from this site: a browser still without a session gets the sign-in.
+    again = await gateway.get(
+        "/ui/executions/some-key", headers={**crossing, "Sec-Fetch-Site": "same-origin"}
+    )
+    assert "Sign in" in again.text
+    assert 'http-equiv="refresh"' not in again.text
